@@ -1,0 +1,74 @@
+# vigil — `make run` shows it working on the embedded default; `make test` runs every test.
+GO      ?= go
+TOOLS   ?= $(CURDIR)/.tools
+BIN     := $(CURDIR)/bin
+export PATH := $(TOOLS):$(PATH)
+
+CONSUL_VERSION     := v1.22.7
+CONSUL_API_VERSION := v1.34.1
+COREDNS_VERSION    := v1.15.0
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X main.version=$(VERSION)
+
+.PHONY: build run test bench lint fuzz deps tools clean
+build:
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/vigil ./cmd/vigil
+
+# The first README command: vigil on the embedded default with demo instances that fail and recover.
+run: build
+	$(BIN)/vigil run --demo
+
+# The second README command: every test, with the race detector, against the real peers.
+test: deps tools
+	$(GO) vet ./...
+	$(GO) test -race -count=1 -timeout 30m ./...
+
+bench: deps tools $(TOOLS)/coredns build
+	$(GO) test -run '^$$' -bench . -benchtime 1x -count 1 -timeout 60m ./...
+
+lint:
+	@test -z "$$(gofmt -l .)" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
+	$(GO) vet ./...
+
+FUZZTIME ?= 30s
+fuzz:
+	@for p in $$(grep -rl --include='*_test.go' '^func Fuzz' . | xargs -n1 dirname | sort -u); do \
+	  for f in $$(grep -h '^func Fuzz' $$p/*_test.go | sed 's/func \(Fuzz[A-Za-z0-9_]*\).*/\1/'); do \
+	    echo "fuzz $$p $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$p || exit 1; \
+	  done; done
+
+# Debian packages the tests and benchmarks use: dig, dnsperf, promtool, chromium.
+APT_PKGS :=
+ifeq ($(shell command -v dig),)
+APT_PKGS += dnsutils
+endif
+ifeq ($(shell command -v dnsperf),)
+APT_PKGS += dnsperf
+endif
+ifeq ($(shell command -v promtool),)
+APT_PKGS += prometheus
+endif
+ifeq ($(shell command -v chromium),)
+APT_PKGS += chromium
+endif
+deps:
+ifneq ($(strip $(APT_PKGS)),)
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PKGS)
+endif
+
+tools: $(TOOLS)/consul
+
+# Consul, built from the Go module proxy at a pinned version (the api pin is needed:
+# v1.22.7's own go.mod asks for an api version that does not compile with it).
+$(TOOLS)/consul:
+	mkdir -p $(TOOLS)/src/consul
+	cd $(TOOLS)/src/consul && { test -f go.mod || $(GO) mod init vigil-tools-consul; } && \
+	  GOFLAGS=-mod=mod $(GO) get github.com/hashicorp/consul@$(CONSUL_VERSION) github.com/hashicorp/consul/api@$(CONSUL_API_VERSION) && \
+	  GOFLAGS=-mod=mod $(GO) build -o $@ github.com/hashicorp/consul
+
+$(TOOLS)/coredns:
+	GOBIN=$(TOOLS) $(GO) install github.com/coredns/coredns@$(COREDNS_VERSION)
+
+clean:
+	rm -rf $(BIN)

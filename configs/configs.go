@@ -1,0 +1,277 @@
+// Package configs holds vigil's configuration: the embedded default, parsing and validation.
+package configs
+
+import (
+	"bytes"
+	_ "embed"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"net"
+	"regexp"
+	"slices"
+	"strconv"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/vigil-sidecar/vigil/configs/field"
+	"github.com/vigil-sidecar/vigil/discovery/static"
+	"github.com/vigil-sidecar/vigil/proxy/health"
+	"github.com/vigil-sidecar/vigil/proxy/table"
+)
+
+// Default is the embedded default configuration (configs/vigil.yaml).
+//
+//go:embed vigil.yaml
+var Default []byte
+
+// Config is the whole of vigil's configuration file.
+type Config struct {
+	// Node describes where this vigil runs.
+	Node Node `yaml:"node"`
+	// Log configures logging.
+	Log Log `yaml:"log"`
+	// Admin configures the admin HTTP server.
+	Admin Admin `yaml:"admin"`
+	// Discovery configures membership persistence.
+	Discovery Discovery `yaml:"discovery"`
+	// Defaults apply to every upstream that does not set its own values.
+	Defaults Defaults `yaml:"defaults"`
+	// Upstreams are the services that the local service calls.
+	Upstreams []Upstream `yaml:"upstreams"`
+}
+
+// Node describes the machine vigil runs on.
+type Node struct {
+	// Name of the node (default: the host name).
+	Name string `yaml:"name"`
+	// Zone is the local availability zone, for zone preference (default: none).
+	Zone string `yaml:"zone"`
+	// Datacenter is the local datacenter (default dc1).
+	Datacenter string `yaml:"datacenter"`
+}
+
+// Log configures logging.
+type Log struct {
+	// Level is debug, info, warn or error (default info).
+	Level string `yaml:"level"`
+	// Format is text or json (default text).
+	Format string `yaml:"format"`
+}
+
+// Admin configures the admin HTTP server.
+type Admin struct {
+	// Listen is the address of the admin API, dashboard and /metrics (default 127.0.0.1:9480).
+	Listen string `yaml:"listen"`
+}
+
+// Discovery configures the membership manager.
+type Discovery struct {
+	// StateFile persists the last-known membership (default: none, not persisted).
+	StateFile string `yaml:"state_file"`
+	// MaxStateAge is the oldest persisted membership used at start (default 24h).
+	MaxStateAge time.Duration `yaml:"max_state_age"`
+}
+
+// Defaults are inherited by every upstream.
+type Defaults struct {
+	// Check is the default health check.
+	Check health.CheckConfig `yaml:"check"`
+	// Policy is the default serving policy (panic threshold, zone preference).
+	table.Policy `yaml:",inline"`
+}
+
+// Upstream is one service the local service calls.
+type Upstream struct {
+	// Name of the service: lowercase letters, digits and '-' (required, unique).
+	Name string `yaml:"name"`
+	// Instances are its static instances.
+	Instances []static.Instance `yaml:"instances"`
+	// Check overrides fields of defaults.check.
+	Check health.CheckConfig `yaml:"check"`
+	// Policy overrides the default serving policy.
+	table.Policy `yaml:",inline"`
+}
+
+// Builtin returns the built-in defaults that a configuration file overrides.
+func Builtin() Config {
+	return Config{
+		Node:      Node{Datacenter: "dc1"},
+		Log:       Log{Level: "info", Format: "text"},
+		Admin:     Admin{Listen: "127.0.0.1:9480"},
+		Discovery: Discovery{MaxStateAge: 24 * time.Hour},
+		Defaults:  Defaults{Check: health.DefaultCheck(), Policy: table.DefaultPolicy()},
+	}
+}
+
+// Parse decodes a configuration strictly (an unknown key is an error with its line),
+// applies defaults and inheritance, and validates it. Every problem found is reported.
+func Parse(data []byte) (*Config, error) {
+	// Pass 1, strict: unknown keys and wrong types, with line numbers.
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	var strict Config
+	if err := dec.Decode(&strict); err != nil && !errors.Is(err, io.EOF) {
+		return nil, yamlError(err)
+	}
+	// Pass 2: onto the built-in defaults.
+	cfg := Builtin()
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return nil, yamlError(err)
+	}
+	if err := doc.Decode(&cfg); err != nil && doc.Kind != 0 {
+		return nil, yamlError(err)
+	}
+	// Pass 3: each upstream starts from the defaults, then its own fields.
+	if seq := mappingValue(&doc, "upstreams"); seq != nil {
+		cfg.Upstreams = make([]Upstream, len(seq.Content))
+		for i, n := range seq.Content {
+			u := Upstream{Check: cloneCheck(cfg.Defaults.Check), Policy: cfg.Defaults.Policy}
+			if err := n.Decode(&u); err != nil {
+				return nil, yamlError(err)
+			}
+			cfg.Upstreams[i] = u
+		}
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &cfg, nil
+}
+
+func yamlError(err error) error {
+	var te *yaml.TypeError
+	if errors.As(err, &te) {
+		errs := make([]error, len(te.Errors))
+		for i, e := range te.Errors {
+			errs[i] = errors.New(e)
+		}
+		return errors.Join(errs...)
+	}
+	return fmt.Errorf("yaml: %w", err)
+}
+
+// mappingValue returns the value node of key in the document's top-level mapping.
+func mappingValue(doc *yaml.Node, key string) *yaml.Node {
+	n := doc
+	if n.Kind == yaml.DocumentNode && len(n.Content) > 0 {
+		n = n.Content[0]
+	}
+	if n.Kind != yaml.MappingNode {
+		return nil
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		if n.Content[i].Value == key {
+			return n.Content[i+1]
+		}
+	}
+	return nil
+}
+
+func cloneCheck(c health.CheckConfig) health.CheckConfig {
+	c.HTTP.Headers = maps.Clone(c.HTTP.Headers)
+	c.HTTP.ExpectedStatuses = slices.Clone(c.HTTP.ExpectedStatuses)
+	return c
+}
+
+var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
+// Validate checks the whole configuration and returns every problem, each naming its field.
+func (c *Config) Validate() error {
+	var errs field.Errors
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		errs.Addf("log.level", "must be one of debug, info, warn, error, got %q", c.Log.Level)
+	}
+	if c.Log.Format != "text" && c.Log.Format != "json" {
+		errs.Addf("log.format", "must be text or json, got %q", c.Log.Format)
+	}
+	if err := validListen(c.Admin.Listen); err != nil {
+		errs.Addf("admin.listen", "%v", err)
+	}
+	if c.Node.Datacenter == "" {
+		errs.Addf("node.datacenter", "must be set")
+	}
+	if c.Discovery.MaxStateAge < 0 {
+		errs.Addf("discovery.max_state_age", "must be >= 0")
+	}
+	errs.Add("defaults.check", c.Defaults.Check.Validate())
+	errs.Add("defaults", c.Defaults.Policy.Validate())
+	seen := map[string]int{}
+	for i, u := range c.Upstreams {
+		p := fmt.Sprintf("upstreams[%d]", i)
+		switch j, dup := seen[u.Name]; {
+		case u.Name == "":
+			errs.Addf(p+".name", "must be set")
+		case !nameRE.MatchString(u.Name):
+			errs.Addf(p+".name", "%q must be lowercase letters, digits and '-', at most 63 characters", u.Name)
+		case dup:
+			errs.Addf(p+".name", "%q is already the name of upstreams[%d]", u.Name, j)
+		default:
+			seen[u.Name] = i
+		}
+		errs.Add(p+".check", u.Check.Validate())
+		errs.Add(p, u.Policy.Validate())
+		if len(u.Instances) == 0 {
+			errs.Addf(p+".instances", "must not be empty")
+		}
+		addrs := map[string]int{}
+		for j, in := range u.Instances {
+			ip := fmt.Sprintf("%s.instances[%d]", p, j)
+			errs.Add(ip, in.Validate())
+			hp := net.JoinHostPort(in.Address, strconv.Itoa(in.Port))
+			if k, dup := addrs[hp]; dup && in.Address != "" {
+				errs.Addf(ip, "%s is the same address and port as instances[%d]", hp, k)
+			}
+			addrs[hp] = j
+		}
+	}
+	return errs.Err()
+}
+
+func validListen(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("%q is not host:port", addr)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return fmt.Errorf("%q has no valid port", addr)
+	}
+	if host != "" && net.ParseIP(host) == nil {
+		return fmt.Errorf("%q: host must be an IP address", addr)
+	}
+	return nil
+}
+
+// StaticUpstreams returns the upstreams' static lists for discovery/static.
+func (c *Config) StaticUpstreams() []static.Upstream {
+	out := make([]static.Upstream, 0, len(c.Upstreams))
+	for _, u := range c.Upstreams {
+		if len(u.Instances) > 0 {
+			out = append(out, static.Upstream{Name: u.Name, Instances: u.Instances})
+		}
+	}
+	return out
+}
+
+// TableConfig returns the table's policy configuration.
+func (c *Config) TableConfig() table.Config {
+	tc := table.Config{Zone: c.Node.Zone, Default: c.Defaults.Policy, Upstreams: map[string]table.Policy{}}
+	for _, u := range c.Upstreams {
+		tc.Upstreams[u.Name] = u.Policy
+	}
+	return tc
+}
+
+// Checks returns the health check of each upstream.
+func (c *Config) Checks() map[string]health.CheckConfig {
+	m := make(map[string]health.CheckConfig, len(c.Upstreams))
+	for _, u := range c.Upstreams {
+		m[u.Name] = u.Check
+	}
+	return m
+}

@@ -1,0 +1,254 @@
+package discovery
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+)
+
+// ManagerOptions configures a Manager.
+type ManagerOptions struct {
+	// StateFile, if set, is where the merged membership is persisted after each change
+	// and read at start, so that a restart while a source is unreachable still knows every instance.
+	StateFile string
+	// MaxStateAge is the oldest persisted state that is used at start (0: any age).
+	MaxStateAge time.Duration
+	// Logger receives the manager's log lines; nil discards them.
+	Logger *slog.Logger
+}
+
+// Manager runs discoverers and merges what they send into one Membership.
+type Manager struct {
+	opts      ManagerOptions
+	log       *slog.Logger
+	providers map[string]Discoverer
+	out       chan Membership
+	changed   chan struct{}
+
+	mu     sync.Mutex
+	groups map[string]Group // by namespaced source
+	seen   map[string]bool  // providers that sent their first full set
+}
+
+// NewManager returns a Manager with no discoverers.
+func NewManager(opts ManagerOptions) *Manager {
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Manager{
+		opts:      opts,
+		log:       log,
+		providers: map[string]Discoverer{},
+		out:       make(chan Membership, 1),
+		changed:   make(chan struct{}, 1),
+		groups:    map[string]Group{},
+		seen:      map[string]bool{},
+	}
+}
+
+// Register adds a discoverer under a unique name; call it before Run.
+// The sources of its groups are namespaced with that name.
+func (m *Manager) Register(name string, d Discoverer) { m.providers[name] = d }
+
+// SyncCh delivers the latest merged membership; a reader that falls behind sees only the newest.
+func (m *Manager) SyncCh() <-chan Membership { return m.out }
+
+// Run runs every discoverer until ctx ends and publishes merged memberships.
+func (m *Manager) Run(ctx context.Context) error {
+	if m.opts.StateFile != "" {
+		if err := m.load(); err != nil {
+			m.log.Warn("discovery: persisted membership not used", "file", m.opts.StateFile, "err", err)
+		}
+	}
+	var wg sync.WaitGroup
+	for name, d := range m.providers {
+		up := make(chan []Group)
+		wg.Go(func() { d.Run(ctx, up) })
+		wg.Go(func() { m.receive(ctx, name, up) })
+	}
+	defer wg.Wait()
+
+	m.signal() // publish the persisted state, or an empty ready membership when there is no provider
+	var last []byte
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-m.changed:
+		}
+		mem, groups := m.merge()
+		m.publish(mem)
+		if m.opts.StateFile == "" {
+			continue
+		}
+		b, err := json.Marshal(groups)
+		if err != nil || string(b) == string(last) {
+			continue
+		}
+		if err := m.save(groups); err != nil {
+			m.log.Error("discovery: persist membership", "file", m.opts.StateFile, "err", err)
+			continue
+		}
+		last = b
+	}
+}
+
+func (m *Manager) receive(ctx context.Context, name string, up <-chan []Group) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case gs := <-up:
+			m.mu.Lock()
+			if !m.seen[name] {
+				m.seen[name] = true
+				// The first send is the provider's full set: drop whatever persisted state it replaces.
+				for k := range m.groups {
+					if strings.HasPrefix(k, name+"/") {
+						delete(m.groups, k)
+					}
+				}
+			}
+			for _, g := range gs {
+				g.Source = name + "/" + g.Source
+				if len(g.Instances) == 0 {
+					delete(m.groups, g.Source)
+					continue
+				}
+				m.groups[g.Source] = g
+			}
+			m.mu.Unlock()
+			m.signal()
+		}
+	}
+}
+
+func (m *Manager) signal() {
+	select {
+	case m.changed <- struct{}{}:
+	default:
+	}
+}
+
+func (m *Manager) publish(mem Membership) {
+	select { // replace an unread older value
+	case <-m.out:
+	default:
+	}
+	m.out <- mem
+}
+
+// merge builds the membership from the current groups; it also returns the groups, sorted by source.
+func (m *Manager) merge() (Membership, []Group) {
+	m.mu.Lock()
+	groups := make([]Group, 0, len(m.groups))
+	for _, g := range m.groups {
+		groups = append(groups, g)
+	}
+	ready := len(m.seen) == len(m.providers)
+	m.mu.Unlock()
+	slices.SortFunc(groups, func(a, b Group) int { return cmp.Compare(a.Source, b.Source) })
+	return Merge(groups, ready), groups
+}
+
+// Merge unions groups by upstream; the first group that names an instance ID wins.
+func Merge(groups []Group, ready bool) Membership {
+	mem := Membership{Upstreams: map[string]*Upstream{}, Ready: ready}
+	for _, g := range groups {
+		u := mem.Upstreams[g.Upstream]
+		if u == nil {
+			u = &Upstream{Name: g.Upstream}
+			mem.Upstreams[g.Upstream] = u
+		}
+		for _, in := range g.Instances {
+			if !slices.ContainsFunc(u.Instances, func(x Instance) bool { return x.ID == in.ID }) {
+				u.Instances = append(u.Instances, in)
+			}
+		}
+		if !g.Synced.IsZero() && (u.Synced.IsZero() || g.Synced.Before(u.Synced)) {
+			u.Synced = g.Synced
+		}
+	}
+	for _, u := range mem.Upstreams {
+		slices.SortFunc(u.Instances, func(a, b Instance) int { return cmp.Compare(a.ID, b.ID) })
+	}
+	return mem
+}
+
+type state struct {
+	Saved  time.Time `json:"saved"`
+	Groups []Group   `json:"groups"`
+}
+
+func (m *Manager) load() error {
+	b, err := os.ReadFile(m.opts.StateFile)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read: %w", err)
+	}
+	var st state
+	if err := json.Unmarshal(b, &st); err != nil {
+		return fmt.Errorf("decode: %w", err)
+	}
+	if age := time.Since(st.Saved); m.opts.MaxStateAge > 0 && age > m.opts.MaxStateAge {
+		return fmt.Errorf("saved %s ago, older than %s", age.Round(time.Second), m.opts.MaxStateAge)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, g := range st.Groups {
+		m.groups[g.Source] = g
+	}
+	m.log.Info("discovery: loaded persisted membership", "file", m.opts.StateFile, "groups", len(st.Groups), "saved", st.Saved)
+	return nil
+}
+
+func (m *Manager) save(groups []Group) error {
+	b, err := json.MarshalIndent(state{Saved: time.Now().UTC(), Groups: groups}, "", " ")
+	if err != nil {
+		return err
+	}
+	return WriteFileAtomic(m.opts.StateFile, b)
+}
+
+// WriteFileAtomic writes b to path so that readers see the old or the new content, never a part:
+// a temporary file in the same directory, fsync, rename, fsync of the directory.
+func WriteFileAtomic(path string, b []byte) error {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name()) // no-op after the rename
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(f.Name(), path); err != nil {
+		return err
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
