@@ -38,11 +38,15 @@ func FreePort(t testing.TB) int {
 // Eventually polls cond every tick until it is true or timeout passes, then fails with msg.
 func Eventually(t testing.TB, timeout, tick time.Duration, cond func() bool, msg string) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	ticker := time.NewTicker(tick)
+	defer ticker.Stop()
 	for !cond() {
-		if time.Now().After(deadline) {
+		select {
+		case <-deadline.C:
 			t.Fatalf("not within %s: %s", timeout, msg)
+		case <-ticker.C:
 		}
-		time.Sleep(tick) // polling an external peer, not synchronising goroutines
 	}
 }
