@@ -90,6 +90,10 @@ type Group struct {
 	Instances []Instance `json:"instances"`
 	// Synced is when the source last confirmed this group with its origin; zero if it has no origin (static).
 	Synced time.Time `json:"synced,omitzero"`
+	// Keep, in a send, says that the source could not confirm this group (its origin is
+	// unreachable): the Manager keeps what it has for the source, e.g. the persisted group,
+	// and ignores Instances. It lets a first full set name sources without dropping them.
+	Keep bool `json:"-"`
 }
 
 // Discoverer finds the instances of upstreams.

@@ -112,14 +112,24 @@ func (m *Manager) receive(ctx context.Context, name string, up <-chan []Group) {
 			m.mu.Lock()
 			if !m.seen[name] {
 				m.seen[name] = true
-				// The first send is the provider's full set: drop whatever persisted state it replaces.
+				// The first send is the provider's full set: drop whatever persisted state it
+				// replaces, except for the sources it asks to keep.
+				keep := map[string]bool{}
+				for _, g := range gs {
+					if g.Keep {
+						keep[name+"/"+g.Source] = true
+					}
+				}
 				for k := range m.groups {
-					if strings.HasPrefix(k, name+"/") {
+					if strings.HasPrefix(k, name+"/") && !keep[k] {
 						delete(m.groups, k)
 					}
 				}
 			}
 			for _, g := range gs {
+				if g.Keep {
+					continue
+				}
 				g.Source = name + "/" + g.Source
 				if len(g.Instances) == 0 {
 					delete(m.groups, g.Source)

@@ -1,0 +1,285 @@
+package consul
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"log/slog"
+	"regexp"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+
+	"github.com/vigil-sidecar/vigil/discovery"
+)
+
+// Options configures a Discovery.
+type Options struct {
+	// Config is the connection and watch configuration.
+	Config Config
+	// Upstreams maps each vigil upstream name to its Consul service.
+	Upstreams map[string]Upstream
+	// Client talks to the local agent (NewClient); required.
+	Client *api.Client
+	// Metrics are shared with the Registration (NewMetrics); nil: not exported.
+	Metrics *Metrics
+	// Logger receives log lines; nil discards them.
+	Logger *slog.Logger
+}
+
+// Discovery watches the instances of upstreams in Consul: one blocking-query watch per upstream
+// and datacenter (the local one, then each fallback), and optionally the upstreams themselves
+// through a filter over the catalog. It never drops instances because Consul cannot be reached.
+type Discovery struct {
+	o   Options
+	log *slog.Logger
+	m   *Metrics
+
+	tracker *tracker
+}
+
+// NewDiscovery returns a Discovery for o.
+func NewDiscovery(o Options) (*Discovery, error) {
+	if o.Client == nil {
+		return nil, errors.New("consul: discovery needs a client")
+	}
+	d := &Discovery{o: o, log: o.Logger, m: o.Metrics}
+	if d.log == nil {
+		d.log = slog.New(slog.DiscardHandler)
+	}
+	if d.m == nil {
+		d.m = NewMetrics(nil)
+	}
+	d.tracker = newTracker(d.m)
+	return d, nil
+}
+
+var _ discovery.Discoverer = (*Discovery)(nil)
+
+// watchers returns the watches of one upstream: its datacenter first, then each fallback.
+func (d *Discovery) watchers(name string, u Upstream) []*watcher {
+	svc := u.Service
+	if svc == "" {
+		svc = name
+	}
+	dc := u.Datacenter
+	if dc == "" {
+		dc = d.o.Config.Datacenter
+	}
+	dcs := append([]string{dc}, u.FallbackDatacenters...)
+	ws := make([]*watcher, len(dcs))
+	for i, dc := range dcs {
+		w := &watcher{
+			client: d.o.Client, cfg: &d.o.Config, log: d.log,
+			upstream: name, service: svc, tag: u.Tag, dc: dc, failover: i,
+		}
+		w.source = name + "/" + w.dcLabel()
+		ws[i] = w
+	}
+	return ws
+}
+
+type pending struct {
+	g       discovery.Group
+	changed bool
+	seen    time.Time
+}
+
+// Run watches until ctx ends. Its first send is the full set, once every watch has answered or
+// failed once; a watch that failed is sent with Keep, so that the Manager keeps its persisted
+// group. After that, it sends a watch's group after each successful sync (content unchanged
+// refreshes Synced) and nothing while Consul cannot be reached.
+func (d *Discovery) Run(ctx context.Context, up chan<- []discovery.Group) {
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer func() { cancel(); wg.Wait() }()
+
+	events := make(chan event)
+	active := map[*watcher]context.CancelFunc{}
+	reported := map[*watcher]bool{}
+	dynamic := map[string][]*watcher{} // catalog-discovered upstreams
+	start := func(w *watcher) {
+		wctx, wcancel := context.WithCancel(ctx)
+		active[w] = wcancel
+		d.m.addWatcher(w)
+		wg.Go(func() {
+			defer d.m.removeWatcher(w)
+			w.run(wctx, events)
+		})
+	}
+	names := make([]string, 0, len(d.o.Upstreams))
+	for n := range d.o.Upstreams {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	for _, n := range names {
+		for _, w := range d.watchers(n, d.o.Upstreams[n]) {
+			start(w)
+		}
+	}
+	var catalog chan catalogEvent
+	catalogReported := true
+	if d.o.Config.Catalog.Filter != "" {
+		catalog = make(chan catalogEvent)
+		catalogReported = false
+		wg.Go(func() { d.watchCatalog(ctx, catalog) })
+	}
+
+	pend := map[string]pending{}
+	initial := false
+	for {
+		if !initial && catalogReported && len(reported) == len(active) {
+			initial = true
+		}
+		var out chan<- []discovery.Group
+		var batch []discovery.Group
+		if initial && len(pend) > 0 {
+			out = up
+			batch = make([]discovery.Group, 0, len(pend))
+			for _, p := range pend {
+				batch = append(batch, p.g)
+			}
+			slices.SortFunc(batch, func(a, b discovery.Group) int { return cmp.Compare(a.Source, b.Source) })
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case ev := <-events:
+			if _, ok := active[ev.w]; !ok {
+				continue // from a watch already stopped
+			}
+			reported[ev.w] = true
+			switch {
+			case ev.ok:
+				p := pend[ev.w.source]
+				p.g = ev.group
+				if ev.changed {
+					p.changed, p.seen = true, ev.seen
+				}
+				pend[ev.w.source] = p
+			case !initial:
+				if _, ok := pend[ev.w.source]; !ok {
+					pend[ev.w.source] = pending{g: discovery.Group{Source: ev.w.source, Upstream: ev.w.upstream, Keep: true}}
+				}
+			}
+		case ce := <-catalog:
+			catalogReported = true
+			if !ce.ok {
+				continue
+			}
+			for n, ws := range dynamic {
+				if _, still := ce.services[n]; still {
+					continue
+				}
+				for _, w := range ws {
+					active[w]()
+					delete(active, w)
+					delete(reported, w)
+					pend[w.source] = pending{g: discovery.Group{Source: w.source, Upstream: n}, changed: true, seen: time.Now()}
+				}
+				delete(dynamic, n)
+				d.log.Info("consul: catalog upstream gone", "upstream", n)
+			}
+			for n := range ce.services {
+				if _, ok := dynamic[n]; ok {
+					continue
+				}
+				if _, ok := d.o.Upstreams[n]; ok {
+					continue
+				}
+				ws := d.watchers(n, Upstream{Tag: d.o.Config.Catalog.Tag})
+				dynamic[n] = ws
+				for _, w := range ws {
+					start(w)
+				}
+				d.log.Info("consul: catalog upstream found", "upstream", n)
+			}
+		case out <- batch:
+			now := time.Now()
+			for _, p := range pend {
+				if p.changed && !p.seen.IsZero() {
+					d.m.changeToSend.Observe(now.Sub(p.seen).Seconds())
+					d.tracker.sent(p.g, p.seen)
+				}
+			}
+			clear(pend)
+		}
+	}
+}
+
+type catalogEvent struct {
+	ok       bool
+	services map[string]bool
+}
+
+// upstreamName is what vigil accepts as an upstream name (as configs does).
+var upstreamName = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
+// watchCatalog runs a blocking query over the catalog's services with the configured filter.
+func (d *Discovery) watchCatalog(ctx context.Context, out chan<- catalogEvent) {
+	cfg := &d.o.Config
+	var (
+		index     uint64
+		lastStart time.Time
+		failures  int
+		last      map[string]bool
+	)
+	for {
+		if !sleep(ctx, cfg.MinInterval-time.Since(lastStart)) {
+			return
+		}
+		lastStart = time.Now()
+		q := &api.QueryOptions{Datacenter: cfg.Datacenter, WaitIndex: index, WaitTime: cfg.WaitTime,
+			AllowStale: cfg.AllowStale, Filter: cfg.Catalog.Filter}
+		svcs, meta, err := d.o.Client.Catalog().Services(q.WithContext(ctx))
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			failures++
+			if failures == 1 {
+				d.log.Warn("consul: catalog watch failing", "err", err)
+				if !send(ctx, out, catalogEvent{}) {
+					return
+				}
+			}
+			if !sleep(ctx, backoff(cfg.BackoffBase, cfg.BackoffMax, failures)) {
+				return
+			}
+			continue
+		}
+		failures = 0
+		if meta.LastIndex < index {
+			index = 0
+		} else {
+			index = meta.LastIndex
+		}
+		set := map[string]bool{}
+		for n := range svcs {
+			if n != "consul" && upstreamName.MatchString(n) {
+				set[n] = true
+			}
+		}
+		if last != nil && mapsEqual(set, last) {
+			continue
+		}
+		last = set
+		if !send(ctx, out, catalogEvent{ok: true, services: set}) {
+			return
+		}
+	}
+}
+
+func mapsEqual(a, b map[string]bool) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k := range a {
+		if !b[k] {
+			return false
+		}
+	}
+	return true
+}

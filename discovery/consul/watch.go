@@ -1,0 +1,232 @@
+package consul
+
+import (
+	"cmp"
+	"context"
+	"log/slog"
+	"math/rand/v2"
+	"reflect"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+
+	"github.com/vigil-sidecar/vigil/discovery"
+)
+
+// watcher runs blocking queries for one upstream in one datacenter.
+type watcher struct {
+	client   *api.Client
+	cfg      *Config
+	log      *slog.Logger
+	upstream string // vigil's name of the upstream
+	service  string // Consul's name of the service
+	tag      string
+	dc       string // "" for the agent's own datacenter
+	failover int    // 0: local, n: the n-th fallback datacenter
+	source   string // stable, e.g. "api/dc1"
+
+	mu      sync.Mutex
+	synced  time.Time // last successful sync
+	failing bool      // the last query failed
+}
+
+// event is a watcher's report: a successful sync, or (with ok false) a failure.
+type event struct {
+	w       *watcher
+	ok      bool
+	group   discovery.Group
+	changed bool      // the instances differ from the previous sync
+	seen    time.Time // when the response arrived
+}
+
+func (w *watcher) dcLabel() string {
+	if w.dc == "" {
+		return "local"
+	}
+	return w.dc
+}
+
+func (w *watcher) lastSync() time.Time {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.synced
+}
+
+// staleness is 0 while the watch is in sync (its last query succeeded and the next one waits
+// on Consul), else the time since its last successful sync (since start if it never had one).
+func (w *watcher) staleness(now time.Time) time.Duration {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.failing {
+		return 0
+	}
+	return now.Sub(w.synced)
+}
+
+// run queries until ctx ends, reporting each result on events.
+func (w *watcher) run(ctx context.Context, events chan<- event) {
+	w.mu.Lock()
+	w.synced = time.Now() // staleness counts from the start until the first sync
+	w.mu.Unlock()
+	var (
+		index      uint64
+		lastStart  time.Time
+		failures   int
+		consistent bool // repeat against the leader: the stale answer was too old
+		last       []discovery.Instance
+		first      = true
+	)
+	for {
+		if !sleep(ctx, w.cfg.MinInterval-time.Since(lastStart)) {
+			return
+		}
+		lastStart = time.Now()
+		q := &api.QueryOptions{
+			Datacenter:        w.dc,
+			WaitIndex:         index,
+			WaitTime:          w.cfg.WaitTime,
+			AllowStale:        w.cfg.AllowStale && !consistent,
+			RequireConsistent: consistent,
+		}
+		entries, meta, err := w.client.Health().Service(w.service, w.tag, false, q.WithContext(ctx))
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			failures++
+			consistent = false
+			w.mu.Lock()
+			w.failing = true
+			w.mu.Unlock()
+			if failures == 1 {
+				w.log.Warn("consul: watch failing; keeping the last known instances",
+					"upstream", w.upstream, "datacenter", w.dcLabel(), "err", err)
+				if !send(ctx, events, event{w: w}) {
+					return
+				}
+			}
+			if !sleep(ctx, backoff(w.cfg.BackoffBase, w.cfg.BackoffMax, failures)) {
+				return
+			}
+			continue
+		}
+		if !consistent && w.cfg.AllowStale && w.cfg.MaxStale > 0 && meta.LastContact > w.cfg.MaxStale {
+			w.log.Debug("consul: stale answer too old, asking the leader", "upstream", w.upstream,
+				"datacenter", w.dcLabel(), "last_contact", meta.LastContact)
+			consistent = true
+			continue
+		}
+		consistent = false
+		if failures > 0 {
+			w.log.Info("consul: watch recovered", "upstream", w.upstream, "datacenter", w.dcLabel(), "failures", failures)
+		}
+		failures = 0
+		if meta.LastIndex < index {
+			index = 0 // the index went backwards (e.g. a restored snapshot): start over
+		} else {
+			index = meta.LastIndex
+		}
+		now := time.Now()
+		w.mu.Lock()
+		w.synced, w.failing = now, false
+		w.mu.Unlock()
+		ins := w.instances(entries)
+		changed := first || !reflect.DeepEqual(ins, last)
+		first, last = false, ins
+		g := discovery.Group{Source: w.source, Upstream: w.upstream, Instances: ins, Synced: now}
+		if !send(ctx, events, event{w: w, ok: true, group: g, changed: changed, seen: now}) {
+			return
+		}
+	}
+}
+
+// instances turns Consul's answer into instances, sorted by ID.
+func (w *watcher) instances(entries []*api.ServiceEntry) []discovery.Instance {
+	out := make([]discovery.Instance, 0, len(entries))
+	for _, e := range entries {
+		if e.Service == nil || e.Node == nil {
+			continue
+		}
+		dc := e.Node.Datacenter
+		if dc == "" {
+			dc = w.dc
+		}
+		in := discovery.Instance{
+			ID:         dc + "/" + e.Node.Node + "/" + e.Service.ID,
+			Address:    e.Service.Address,
+			Port:       e.Service.Port,
+			Datacenter: dc,
+			Tags:       slices.Clone(e.Service.Tags),
+			Failover:   w.failover,
+		}
+		if in.Address == "" {
+			in.Address = e.Node.Address
+		}
+		if len(e.Service.Meta) > 0 {
+			in.Meta = e.Service.Meta
+		}
+		if k := w.cfg.ZoneMetaKey; k != "" {
+			in.Zone = e.Service.Meta[k]
+			if in.Zone == "" {
+				in.Zone = e.Node.Meta[k]
+			}
+		}
+		status := e.Checks.AggregatedStatus()
+		switch status {
+		case api.HealthMaint:
+			in.Health = discovery.Maintenance
+		case api.HealthCritical:
+			in.Health = discovery.Critical
+		case api.HealthWarning:
+			if !w.cfg.WarningIsPassing {
+				in.Health = discovery.Critical
+			}
+		}
+		in.Weight = e.Service.Weights.Passing
+		if status == api.HealthWarning && e.Service.Weights.Warning > 0 {
+			in.Weight = e.Service.Weights.Warning
+		}
+		in.Weight = max(in.Weight, 1)
+		out = append(out, in)
+	}
+	slices.SortFunc(out, func(a, b discovery.Instance) int { return cmp.Compare(a.ID, b.ID) })
+	return out
+}
+
+// backoff returns the delay after the n-th consecutive failure: exponential from base, capped at
+// max, with "equal jitter" (half fixed, half random) so that many watchers do not retry in step.
+func backoff(base, maxd time.Duration, n int) time.Duration {
+	d := base
+	for i := 1; i < n && d < maxd; i++ {
+		d *= 2
+	}
+	d = min(d, maxd)
+	half := d / 2
+	return half + rand.N(half+1)
+}
+
+// sleep waits d or until ctx ends; it reports whether ctx is still live.
+func sleep(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+func send[T any](ctx context.Context, ch chan<- T, v T) bool {
+	select {
+	case ch <- v:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
