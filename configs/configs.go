@@ -17,6 +17,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/vigil-sidecar/vigil/configs/field"
+	"github.com/vigil-sidecar/vigil/discovery/consul"
 	"github.com/vigil-sidecar/vigil/discovery/static"
 	"github.com/vigil-sidecar/vigil/proxy/health"
 	"github.com/vigil-sidecar/vigil/proxy/table"
@@ -37,6 +38,10 @@ type Config struct {
 	Admin Admin `yaml:"admin"`
 	// Discovery configures membership persistence.
 	Discovery Discovery `yaml:"discovery"`
+	// Consul configures discovery from Consul and registration in it (default: disabled).
+	Consul consul.Config `yaml:"consul"`
+	// Service is the local service that vigil registers in Consul (default: none).
+	Service consul.Service `yaml:"service"`
 	// Defaults apply to every upstream that does not set its own values.
 	Defaults Defaults `yaml:"defaults"`
 	// Upstreams are the services that the local service calls.
@@ -87,8 +92,10 @@ type Defaults struct {
 type Upstream struct {
 	// Name of the service: lowercase letters, digits and '-' (required, unique).
 	Name string `yaml:"name"`
-	// Instances are its static instances.
+	// Instances are its static instances (required unless consul is set).
 	Instances []static.Instance `yaml:"instances"`
+	// Consul, if set, discovers its instances in Consul (default: not from Consul).
+	Consul *consul.Upstream `yaml:"consul"`
 	// Check overrides fields of defaults.check.
 	Check health.CheckConfig `yaml:"check"`
 	// Policy overrides the default serving policy.
@@ -102,6 +109,8 @@ func Builtin() Config {
 		Log:       Log{Level: "info", Format: "text"},
 		Admin:     Admin{Listen: "127.0.0.1:9480"},
 		Discovery: Discovery{MaxStateAge: 24 * time.Hour},
+		Consul:    consul.DefaultConfig(),
+		Service:   consul.DefaultService(),
 		Defaults:  Defaults{Check: health.DefaultCheck(), Policy: table.DefaultPolicy()},
 	}
 }
@@ -199,6 +208,11 @@ func (c *Config) Validate() error {
 	if c.Discovery.MaxStateAge < 0 {
 		errs.Addf("discovery.max_state_age", "must be >= 0")
 	}
+	errs.Add("consul", c.Consul.Validate())
+	errs.Add("service", c.Service.Validate())
+	if c.Service.Name != "" && !c.Consul.Enabled {
+		errs.Addf("service.name", "registering a service needs consul.enabled")
+	}
 	errs.Add("defaults.check", c.Defaults.Check.Validate())
 	errs.Add("defaults", c.Defaults.Policy.Validate())
 	seen := map[string]int{}
@@ -216,8 +230,14 @@ func (c *Config) Validate() error {
 		}
 		errs.Add(p+".check", u.Check.Validate())
 		errs.Add(p, u.Policy.Validate())
-		if len(u.Instances) == 0 {
-			errs.Addf(p+".instances", "must not be empty")
+		if u.Consul != nil {
+			errs.Add(p+".consul", u.Consul.Validate())
+			if !c.Consul.Enabled {
+				errs.Addf(p+".consul", "needs consul.enabled")
+			}
+		}
+		if len(u.Instances) == 0 && u.Consul == nil {
+			errs.Addf(p+".instances", "must not be empty (or set consul)")
 		}
 		addrs := map[string]int{}
 		for j, in := range u.Instances {
@@ -253,6 +273,17 @@ func (c *Config) StaticUpstreams() []static.Upstream {
 	for _, u := range c.Upstreams {
 		if len(u.Instances) > 0 {
 			out = append(out, static.Upstream{Name: u.Name, Instances: u.Instances})
+		}
+	}
+	return out
+}
+
+// ConsulUpstreams returns the upstreams discovered in Consul, by name, for discovery/consul.
+func (c *Config) ConsulUpstreams() map[string]consul.Upstream {
+	out := map[string]consul.Upstream{}
+	for _, u := range c.Upstreams {
+		if u.Consul != nil {
+			out[u.Name] = *u.Consul
 		}
 	}
 	return out
