@@ -226,5 +226,4 @@ func must[T any](t testing.TB) func(T, error) T {
 	}
 }
 
-
 type consulClient = api.Client
