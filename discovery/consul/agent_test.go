@@ -92,23 +92,37 @@ func (a *agent) args() []string {
 	return append(args, a.extra...)
 }
 
-// start runs the agent and waits until it is up (and, for a server, sees a leader, when wantLeader).
+// start runs the agent and waits until it is up (and sees a leader, when wantLeader).
 func (a *agent) start(wantLeader bool) {
 	a.t.Helper()
+	a.spawn()
+	a.waitUp(wantLeader)
+}
+
+// spawn starts the agent process without waiting for it.
+func (a *agent) spawn() {
+	a.t.Helper()
 	a.mu.Lock()
+	defer a.mu.Unlock()
 	cmd := exec.Command(a.bin, a.args()...)
 	a.log = &bytes.Buffer{}
-	cmd.Stdout, cmd.Stderr = a.log, a.log
+	cmd.Stdout, cmd.Stderr = &lockedWriter{mu: &a.mu, w: a.log}, &lockedWriter{mu: &a.mu, w: a.log}
 	if err := cmd.Start(); err != nil {
-		a.mu.Unlock()
 		a.t.Fatalf("consul %s: %v", a.name, err)
 	}
 	done := make(chan struct{})
 	go func() { cmd.Wait(); close(done) }()
 	a.cmd, a.done = cmd, done
+}
+
+// waitUp waits until the agent answers (and sees a leader, when wantLeader).
+func (a *agent) waitUp(wantLeader bool) {
+	a.t.Helper()
+	a.mu.Lock()
+	done := a.done
 	a.mu.Unlock()
 	c := a.client()
-	testutil.Eventually(a.t, 30*time.Second, 50*time.Millisecond, func() bool {
+	testutil.Eventually(a.t, 60*time.Second, 50*time.Millisecond, func() bool {
 		select {
 		case <-done:
 			a.t.Fatalf("consul %s exited:\n%s", a.name, a.logs())
@@ -121,6 +135,17 @@ func (a *agent) start(wantLeader bool) {
 		l, err := c.Status().Leader()
 		return err == nil && l != ""
 	}, "consul agent "+a.name+" up")
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  *bytes.Buffer
+}
+
+func (l *lockedWriter) Write(b []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(b)
 }
 
 func (a *agent) logs() string {
@@ -227,3 +252,5 @@ func must[T any](t testing.TB) func(T, error) T {
 }
 
 type consulClient = api.Client
+
+func itoa(n int) string { return strconv.Itoa(n) }
