@@ -255,7 +255,7 @@ func (s *Service) Validate() error {
 		errs.Addf("ttl", "must be at least 1s, got %s", s.TTL)
 	}
 	if s.Heartbeat < 0 || (s.Heartbeat > 0 && s.Heartbeat >= s.TTL) {
-		errs.Addf("heartbeat", "must be > 0 and less than ttl, got %s", s.Heartbeat)
+		errs.Addf("heartbeat", "must be less than ttl (0: ttl/3), got %s", s.Heartbeat)
 	}
 	if s.DeregisterCriticalAfter < 0 {
 		errs.Addf("deregister_critical_after", "must be >= 0")
