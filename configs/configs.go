@@ -18,6 +18,7 @@ import (
 
 	"github.com/vigil-sidecar/vigil/configs/field"
 	"github.com/vigil-sidecar/vigil/discovery/static"
+	"github.com/vigil-sidecar/vigil/proxy/admin"
 	"github.com/vigil-sidecar/vigil/proxy/health"
 	"github.com/vigil-sidecar/vigil/proxy/table"
 )
@@ -34,7 +35,7 @@ type Config struct {
 	// Log configures logging.
 	Log Log `yaml:"log"`
 	// Admin configures the admin HTTP server.
-	Admin Admin `yaml:"admin"`
+	Admin admin.Config `yaml:"admin"`
 	// Discovery configures membership persistence.
 	Discovery Discovery `yaml:"discovery"`
 	// Defaults apply to every upstream that does not set its own values.
@@ -59,12 +60,6 @@ type Log struct {
 	Level string `yaml:"level"`
 	// Format is text or json (default text).
 	Format string `yaml:"format"`
-}
-
-// Admin configures the admin HTTP server.
-type Admin struct {
-	// Listen is the address of the admin API, dashboard and /metrics (default 127.0.0.1:9480).
-	Listen string `yaml:"listen"`
 }
 
 // Discovery configures the membership manager.
@@ -100,7 +95,7 @@ func Builtin() Config {
 	return Config{
 		Node:      Node{Datacenter: "dc1"},
 		Log:       Log{Level: "info", Format: "text"},
-		Admin:     Admin{Listen: "127.0.0.1:9480"},
+		Admin:     admin.Config{Listen: "127.0.0.1:9480"},
 		Discovery: Discovery{MaxStateAge: 24 * time.Hour},
 		Defaults:  Defaults{Check: health.DefaultCheck(), Policy: table.DefaultPolicy()},
 	}
@@ -190,9 +185,7 @@ func (c *Config) Validate() error {
 	if c.Log.Format != "text" && c.Log.Format != "json" {
 		errs.Addf("log.format", "must be text or json, got %q", c.Log.Format)
 	}
-	if err := validListen(c.Admin.Listen); err != nil {
-		errs.Addf("admin.listen", "%v", err)
-	}
+	errs.Add("admin", c.Admin.Validate())
 	if c.Node.Datacenter == "" {
 		errs.Addf("node.datacenter", "must be set")
 	}
@@ -231,20 +224,6 @@ func (c *Config) Validate() error {
 		}
 	}
 	return errs.Err()
-}
-
-func validListen(addr string) error {
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		return fmt.Errorf("%q is not host:port", addr)
-	}
-	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
-		return fmt.Errorf("%q has no valid port", addr)
-	}
-	if host != "" && net.ParseIP(host) == nil {
-		return fmt.Errorf("%q: host must be an IP address", addr)
-	}
-	return nil
 }
 
 // StaticUpstreams returns the upstreams' static lists for discovery/static.
