@@ -30,7 +30,7 @@ type app struct {
 	checker *health.Checker
 	admin   *admin.Server
 
-	demo   bool                             // serve demo instances too
+	demo   bool                            // serve demo instances too
 	reload func() (*configs.Config, error) // reads the configuration again on SIGHUP
 	hup    <-chan os.Signal
 	// onAdmin, if set, receives the admin server's bound address.

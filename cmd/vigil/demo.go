@@ -36,8 +36,8 @@ type demoInstance struct {
 	upstream, kind, addr string
 
 	mu    sync.Mutex
-	stop  func()        // stops the running server; nil while crashed
-	sick  bool          // answers, but as unhealthy
+	stop  func()         // stops the running server; nil while crashed
+	sick  bool           // answers, but as unhealthy
 	grpcH *health.Server // the gRPC health service, while running
 }
 
