@@ -108,35 +108,40 @@ func Parse(data []byte) (*Config, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	var strict Config
+	var decodeErr error
 	if err := dec.Decode(&strict); err != nil && !errors.Is(err, io.EOF) {
-		return nil, yamlError(err)
+		var te *yaml.TypeError
+		if !errors.As(err, &te) {
+			return nil, err // a syntax error: nothing more to say
+		}
+		decodeErr = yamlError(err)
 	}
-	// Pass 2: onto the built-in defaults.
+	// Pass 2: onto the built-in defaults. Type errors were reported by pass 1; the fields
+	// that decode still get validated, so that one run lists every problem.
 	cfg := Builtin()
 	var doc yaml.Node
 	if err := yaml.Unmarshal(data, &doc); err != nil {
-		return nil, yamlError(err)
+		return nil, err
 	}
-	if err := doc.Decode(&cfg); err != nil && doc.Kind != 0 {
-		return nil, yamlError(err)
+	if doc.Kind != 0 {
+		doc.Decode(&cfg)
 	}
 	// Pass 3: each upstream starts from the defaults, then its own fields.
-	if seq := mappingValue(&doc, "upstreams"); seq != nil {
+	if seq := mappingValue(&doc, "upstreams"); seq != nil && seq.Kind == yaml.SequenceNode {
 		cfg.Upstreams = make([]Upstream, len(seq.Content))
 		for i, n := range seq.Content {
 			u := Upstream{Check: cloneCheck(cfg.Defaults.Check), Policy: cfg.Defaults.Policy}
-			if err := n.Decode(&u); err != nil {
-				return nil, yamlError(err)
-			}
+			n.Decode(&u)
 			cfg.Upstreams[i] = u
 		}
 	}
-	if err := cfg.Validate(); err != nil {
+	if err := errors.Join(decodeErr, cfg.Validate()); err != nil {
 		return nil, err
 	}
 	return &cfg, nil
 }
 
+// yamlError turns a *yaml.TypeError into one error per problem.
 func yamlError(err error) error {
 	var te *yaml.TypeError
 	if errors.As(err, &te) {
@@ -146,7 +151,7 @@ func yamlError(err error) error {
 		}
 		return errors.Join(errs...)
 	}
-	return fmt.Errorf("yaml: %w", err)
+	return err
 }
 
 // mappingValue returns the value node of key in the document's top-level mapping.
