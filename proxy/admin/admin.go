@@ -3,6 +3,7 @@ package admin
 
 import (
 	"context"
+	_ "embed"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -17,6 +18,9 @@ import (
 	"github.com/vigil-sidecar/vigil/configs/field"
 	"github.com/vigil-sidecar/vigil/proxy/table"
 )
+
+//go:embed dashboard.html
+var dashboard []byte
 
 // Config configures the admin server.
 type Config struct {
@@ -60,6 +64,11 @@ func New(cfg Config, t Snapshotter, g prometheus.Gatherer, log *slog.Logger) *Se
 	}
 	s := &Server{cfg: cfg, table: t, gather: g, log: log}
 	mux := http.NewServeMux()
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		w.Header().Set("Content-Security-Policy", "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'")
+		w.Write(dashboard)
+	})
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("GET /readyz", s.readyz)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelError)}))
