@@ -120,3 +120,32 @@ func TestWarningIsNotPassing(t *testing.T) {
 	p := newPipeline(t, cfg, map[string]consul.Upstream{"api": {}}, "")
 	p.waitServed(t, wait, "api", "dc1/node-dc1/api-2")
 }
+
+// TestCatalogFilter: upstreams are discovered by a filter over the catalog, and removed when
+// they no longer match.
+func TestCatalogFilter(t *testing.T) {
+	a := newAgent(t, agentOpts{})
+	a.start(true)
+	c := a.client()
+	reg := func(name, id string, port int, tags ...string) {
+		t.Helper()
+		err := c.Agent().ServiceRegister(&api.AgentServiceRegistration{ID: id, Name: name, Address: "127.0.0.1", Port: port, Tags: tags})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	reg("billing", "billing-1", 9201, "public")
+	reg("internal", "internal-1", 9301)
+	cfg := a.vigilConfig()
+	cfg.Catalog.Filter = `ServiceTags contains "public"`
+	p := newPipeline(t, cfg, map[string]consul.Upstream{"api": {}}, "")
+	p.waitServed(t, wait, "billing", "dc1/node-dc1/billing-1")
+	reg("search", "search-1", 9401, "public")
+	p.waitServed(t, wait, "search", "dc1/node-dc1/search-1")
+	if p.tbl.Snapshot().Lookup("internal") != nil {
+		t.Error("internal discovered without the tag")
+	}
+	a.deregister("billing-1")
+	testutil.Eventually(t, wait, 10*time.Millisecond, func() bool { return p.tbl.Snapshot().Lookup("billing") == nil },
+		"billing gone")
+}

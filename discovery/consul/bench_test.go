@@ -1,0 +1,186 @@
+package consul_test
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+
+	"github.com/vigil-sidecar/vigil/discovery"
+	"github.com/vigil-sidecar/vigil/discovery/consul"
+	"github.com/vigil-sidecar/vigil/testutil"
+)
+
+const (
+	benchUpstreams = 100
+	benchWait      = 10 * time.Second // blocking-query wait in the load measurement (default 60s)
+	benchWindow    = time.Minute
+	benchChanges   = 15
+)
+
+// BenchmarkConsulWatch100 measures, for one vigil watching 100 upstreams (2 instances each) in a
+// single-server Consul with a data dir: the requests per minute it makes in steady state, in the
+// minute after a Consul restart (and the busiest second of it), and the time from a change in
+// Consul to vigil's table next to the time a raw blocking query on the same service sees it.
+func BenchmarkConsulWatch100(b *testing.B) {
+	for range b.N {
+		benchConsulWatch(b)
+	}
+}
+
+func benchConsulWatch(b *testing.B) {
+	a := newAgent(b, agentOpts{server: true, extra: []string{"-bootstrap-expect", "1"}})
+	a.start(true)
+	c := a.client()
+	ups := map[string]consul.Upstream{}
+	for i := range benchUpstreams {
+		name := fmt.Sprintf("svc-%03d", i)
+		ups[name] = consul.Upstream{}
+		for j := range 2 {
+			id := fmt.Sprintf("%s-%d", name, j)
+			err := c.Agent().ServiceRegister(&api.AgentServiceRegistration{ID: id, Name: name, Address: "127.0.0.1", Port: 10000 + 2*i + j,
+				Check: &api.AgentServiceCheck{CheckID: "check:" + id, TTL: "1h", Status: api.HealthPassing}})
+			if err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	cfg := a.vigilConfig()
+	def := consul.DefaultConfig()
+	cfg.MinInterval, cfg.BackoffBase, cfg.BackoffMax = def.MinInterval, def.BackoffBase, def.BackoffMax
+	cfg.WaitTime = benchWait
+	p := newPipeline(b, cfg, ups, "")
+	testutil.Eventually(b, time.Minute, 50*time.Millisecond, func() bool {
+		s := p.tbl.Snapshot()
+		for n := range ups {
+			if u := s.Lookup(n); u == nil || len(u.Served) != 2 {
+				return false
+			}
+		}
+		return true
+	}, "all 100 upstreams in the table")
+	requests := func(outcomes ...string) float64 {
+		sum := 0.0
+		for _, o := range outcomes {
+			sum += p.metric(b, "vigil_consul_requests_total", map[string]string{"endpoint": "/v1/health/service", "outcome": o})
+		}
+		return sum
+	}
+	all := []string{"ok", "4xx", "5xx", "error"}
+
+	// Steady state.
+	b.ResetTimer()
+	r0 := requests(all...)
+	t0 := time.Now()
+	sleepFor(benchWindow)
+	steady := (requests(all...) - r0) * float64(time.Minute) / float64(time.Since(t0))
+
+	// Restart: stop Consul, start it again 5s later; count from the stop to one minute after the start.
+	r0, ok0 := requests(all...), requests("ok")
+	a.stop(syscall.SIGTERM)
+	sleepFor(5 * time.Second)
+	down := requests(all...) - r0
+	a.start(true)
+	up := time.Now()
+	r1 := requests(all...)
+	peak, last := 0.0, r1
+	for time.Since(up) < benchWindow {
+		sleepFor(time.Second)
+		n := requests(all...)
+		peak = max(peak, n-last)
+		last = n
+	}
+	after := last - r1
+	reached := requests("ok") - ok0
+
+	// Change to table, next to a raw blocking query on the same service.
+	var vigilLat, rawLat []time.Duration
+	status := api.HealthPassing
+	for i := range benchChanges {
+		sleepFor(1200 * time.Millisecond) // beyond min_interval: measure the watch, not the storm guard
+		name := fmt.Sprintf("svc-%03d", i)
+		id := name + "-0"
+		_, meta, err := c.Health().Service(name, "", false, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		rawDone := make(chan time.Time, 1)
+		go func() {
+			for {
+				es, m, err := c.Health().Service(name, "", false, &api.QueryOptions{WaitIndex: meta.LastIndex, WaitTime: 30 * time.Second})
+				if err != nil {
+					rawDone <- time.Time{}
+					return
+				}
+				for _, e := range es {
+					if e.Service.ID == id && e.Checks.AggregatedStatus() == api.HealthCritical {
+						rawDone <- time.Now()
+						return
+					}
+				}
+				meta = m
+			}
+		}()
+		ch, cancel := p.tbl.Subscribe()
+		start := time.Now()
+		_ = status
+		if err := c.Agent().UpdateTTL("check:"+id, "bench", api.HealthCritical); err != nil {
+			b.Fatal(err)
+		}
+		vigilAt := waitTable(b, p, ch, name, "dc1/"+a.name+"/"+id, discovery.Critical)
+		cancel()
+		rawAt := <-rawDone
+		if rawAt.IsZero() {
+			b.Fatal("raw blocking query failed")
+		}
+		vigilLat = append(vigilLat, vigilAt.Sub(start))
+		rawLat = append(rawLat, rawAt.Sub(start))
+		if err := c.Agent().UpdateTTL("check:"+id, "bench", api.HealthPassing); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	b.ReportMetric(steady, "req/min-steady")
+	b.ReportMetric(down, "req-during-5s-outage")
+	b.ReportMetric(after, "req/min-after-restart")
+	b.ReportMetric(peak, "req/s-peak-after-restart")
+	b.ReportMetric(reached, "req-ok-outage+minute")
+	b.ReportMetric(ms(median(vigilLat)), "ms-change-to-table-p50")
+	b.ReportMetric(ms(median(rawLat)), "ms-raw-blocking-query-p50")
+	b.ReportMetric(ms(slices.Max(vigilLat)), "ms-change-to-table-max")
+	b.ReportMetric(ms(slices.Max(rawLat)), "ms-raw-blocking-query-max")
+}
+
+// waitTable waits for the table to show the instance with the given Consul health; it returns when.
+func waitTable(b *testing.B, p *pipeline, ch <-chan struct{}, upstream, id string, h discovery.Health) time.Time {
+	timeout := time.After(30 * time.Second)
+	for {
+		if in := p.instance(upstream, id); in != nil && in.Health == h {
+			return time.Now()
+		}
+		select {
+		case <-ch:
+		case <-timeout:
+			b.Fatalf("%s/%s not %s in the table within 30s", upstream, id, h)
+		}
+	}
+}
+
+// sleepFor lets a measurement window pass (a benchmark's clock, not test synchronisation).
+func sleepFor(d time.Duration) {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	<-ctx.Done()
+}
+
+func median(ds []time.Duration) time.Duration {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
