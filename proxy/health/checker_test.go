@@ -58,7 +58,7 @@ func TestCrashDetectedByClosedConnection(t *testing.T) {
 			h.wait(k, health.Healthy, 3*time.Second)
 
 			crashed := time.Now()
-			srv.Listener.Close()       // new connections are refused
+			srv.Listener.Close()         // new connections are refused
 			srv.CloseClientConnections() // and the idle one is closed, as by a dying process
 			st := h.wait(k, health.Unhealthy, 3*time.Second)
 			if d := time.Since(crashed); d > 2*time.Second {
