@@ -2,6 +2,7 @@ package consul_test
 
 import (
 	"context"
+	"net"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -192,4 +193,42 @@ func TestRegistration(t *testing.T) {
 			t.Error("registered again after the drain")
 		}
 	})
+}
+
+// TestRegistrationFollowsRealProbe: the local service is probed by the real health.Checker (TCP);
+// the TTL check in Consul follows the service going down and coming back.
+func TestRegistrationFollowsRealProbe(t *testing.T) {
+	a := newAgent(t, agentOpts{})
+	a.start(true)
+	c := a.client()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	svc := testService()
+	svc.Port = port
+	svc.Check.Kind, svc.Check.Interval, svc.Check.UnhealthyInterval = health.KindTCP, 100*time.Millisecond, 100*time.Millisecond
+	svc.Check.EdgeInterval, svc.Check.Timeout, svc.Check.HealthyThreshold, svc.Check.UnhealthyThreshold = 20*time.Millisecond, 50*time.Millisecond, 1, 1
+	r := must[*consul.Registration](t)(consul.NewRegistration(consul.RegistrationOptions{
+		Service: svc, Client: must[*consulClient](t)(consul.NewClient(a.vigilConfig(), nil)),
+		NewChecker: func(check health.CheckConfig, members <-chan discovery.Membership, sink health.Sink) (consul.Checker, error) {
+			return health.NewChecker(health.Options{Default: check, Members: members, Sink: sink})
+		},
+	}))
+	run(t, func(ctx context.Context) { r.Run(ctx) })
+	waitStatus := func(want string) {
+		t.Helper()
+		testutil.Eventually(t, wait, 20*time.Millisecond, func() bool { return checkStatus(t, c, "web", r.CheckID()) == want },
+			"check status "+want)
+	}
+	waitStatus(api.HealthPassing)
+	l.Close()
+	waitStatus(api.HealthCritical)
+	l, err = net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	waitStatus(api.HealthPassing)
 }
