@@ -38,6 +38,7 @@ type Discovery struct {
 	m   *Metrics
 
 	tracker *tracker
+	updates chan map[string]Upstream // from Set, to Run
 }
 
 // NewDiscovery returns a Discovery for o.
@@ -53,7 +54,18 @@ func NewDiscovery(o Options) (*Discovery, error) {
 		d.m = NewMetrics(nil)
 	}
 	d.tracker = newTracker(d.m)
+	d.updates = make(chan map[string]Upstream, 1)
 	return d, nil
+}
+
+// Set replaces the configured upstreams (on a configuration reload): watches of upstreams that
+// are gone or changed stop (their instances are removed), new ones start. Safe while Run runs.
+func (d *Discovery) Set(ups map[string]Upstream) {
+	select { // replace an unread older value
+	case <-d.updates:
+	default:
+	}
+	d.updates <- ups
 }
 
 var _ discovery.Discoverer = (*Discovery)(nil)
@@ -109,16 +121,50 @@ func (d *Discovery) Run(ctx context.Context, up chan<- []discovery.Group) {
 			w.run(wctx, events)
 		})
 	}
-	names := make([]string, 0, len(d.o.Upstreams))
-	for n := range d.o.Upstreams {
-		names = append(names, n)
-	}
-	slices.Sort(names)
-	for _, n := range names {
-		for _, w := range d.watchers(n, d.o.Upstreams[n]) {
-			start(w)
+	pend := map[string]pending{}
+	stopAll := func(ws []*watcher, n string) {
+		for _, w := range ws {
+			active[w]()
+			delete(active, w)
+			delete(reported, w)
+			pend[w.source] = pending{g: discovery.Group{Source: w.source, Upstream: n}, changed: true, seen: time.Now()}
 		}
 	}
+	configured := map[string]Upstream{}
+	static := map[string][]*watcher{}
+	apply := func(ups map[string]Upstream) {
+		for n, ws := range static {
+			if u, ok := ups[n]; !ok || !sameUpstream(u, configured[n]) {
+				stopAll(ws, n)
+				delete(static, n)
+			}
+		}
+		names := make([]string, 0, len(ups))
+		for n := range ups {
+			names = append(names, n)
+		}
+		slices.Sort(names)
+		for _, n := range names {
+			if _, ok := static[n]; ok {
+				continue
+			}
+			if ws, ok := dynamic[n]; ok { // now configured: the configuration wins
+				stopAll(ws, n)
+				delete(dynamic, n)
+			}
+			static[n] = d.watchers(n, ups[n])
+			for _, w := range static[n] {
+				start(w)
+				// A source watched again keeps its instances until the new watch syncs: never
+				// remove them for a reload (Consul may be unreachable).
+				if p, ok := pend[w.source]; ok && p.g.Instances == nil {
+					delete(pend, w.source)
+				}
+			}
+		}
+		configured = ups
+	}
+	apply(d.o.Upstreams)
 	var catalog chan catalogEvent
 	catalogReported := true
 	if d.o.Config.Catalog.Filter != "" {
@@ -127,15 +173,14 @@ func (d *Discovery) Run(ctx context.Context, up chan<- []discovery.Group) {
 		wg.Go(func() { d.watchCatalog(ctx, catalog) })
 	}
 
-	pend := map[string]pending{}
-	initial := false
+	initial, sentInitial := false, false
 	for {
 		if !initial && catalogReported && len(reported) == len(active) {
 			initial = true
 		}
 		var out chan<- []discovery.Group
 		var batch []discovery.Group
-		if initial && len(pend) > 0 {
+		if initial && (len(pend) > 0 || !sentInitial) {
 			out = up
 			batch = make([]discovery.Group, 0, len(pend))
 			for _, p := range pend {
@@ -173,12 +218,7 @@ func (d *Discovery) Run(ctx context.Context, up chan<- []discovery.Group) {
 				if _, still := ce.services[n]; still {
 					continue
 				}
-				for _, w := range ws {
-					active[w]()
-					delete(active, w)
-					delete(reported, w)
-					pend[w.source] = pending{g: discovery.Group{Source: w.source, Upstream: n}, changed: true, seen: time.Now()}
-				}
+				stopAll(ws, n)
 				delete(dynamic, n)
 				d.log.Info("consul: catalog upstream gone", "upstream", n)
 			}
@@ -186,7 +226,7 @@ func (d *Discovery) Run(ctx context.Context, up chan<- []discovery.Group) {
 				if _, ok := dynamic[n]; ok {
 					continue
 				}
-				if _, ok := d.o.Upstreams[n]; ok {
+				if _, ok := static[n]; ok {
 					continue
 				}
 				ws := d.watchers(n, Upstream{Tag: d.o.Config.Catalog.Tag})
@@ -196,7 +236,10 @@ func (d *Discovery) Run(ctx context.Context, up chan<- []discovery.Group) {
 				}
 				d.log.Info("consul: catalog upstream found", "upstream", n)
 			}
+		case ups := <-d.updates:
+			apply(ups)
 		case out <- batch:
+			sentInitial = true
 			now := time.Now()
 			for _, p := range pend {
 				if p.changed && !p.seen.IsZero() {
@@ -282,4 +325,9 @@ func mapsEqual(a, b map[string]bool) bool {
 		}
 	}
 	return true
+}
+
+func sameUpstream(a, b Upstream) bool {
+	return a.Service == b.Service && a.Tag == b.Tag && a.Datacenter == b.Datacenter &&
+		slices.Equal(a.FallbackDatacenters, b.FallbackDatacenters)
 }

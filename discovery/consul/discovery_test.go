@@ -2,6 +2,7 @@ package consul_test
 
 import (
 	"bytes"
+	"context"
 	"os/exec"
 	"testing"
 	"time"
@@ -148,4 +149,42 @@ func TestCatalogFilter(t *testing.T) {
 	a.deregister("billing-1")
 	testutil.Eventually(t, wait, 10*time.Millisecond, func() bool { return p.tbl.Snapshot().Lookup("billing") == nil },
 		"billing gone")
+}
+
+// TestSet: a reload adds and removes watched upstreams; a changed upstream keeps its instances
+// while Consul cannot be reached.
+func TestSet(t *testing.T) {
+	a := newAgent(t, agentOpts{})
+	a.start(true)
+	a.register("api", "api-1", 9001, "", nil)
+	a.register("db", "db-1", 9101, "", nil)
+	p := newPipeline(t, a.vigilConfig(), map[string]consul.Upstream{"api": {}}, "")
+	p.waitServed(t, wait, "api", "dc1/node-dc1/api-1")
+	p.d.Set(map[string]consul.Upstream{"api": {}, "db": {}})
+	p.waitServed(t, wait, "db", "dc1/node-dc1/db-1")
+	p.d.Set(map[string]consul.Upstream{"db": {}})
+	testutil.Eventually(t, wait, 10*time.Millisecond, func() bool { return p.tbl.Snapshot().Lookup("api") == nil }, "api removed")
+	a.kill()
+	p.d.Set(map[string]consul.Upstream{"db": {Tag: "v2"}})
+	testutil.Eventually(t, wait, 10*time.Millisecond, func() bool {
+		return p.metric(t, "vigil_consul_staleness_seconds", map[string]string{"upstream": "db"}) > 0.2
+	}, "the new db watch failing")
+	p.waitServed(t, wait, "db", "dc1/node-dc1/db-1")
+}
+
+// TestNoUpstreams: a Discovery with nothing to watch still sends its (empty) first full set.
+func TestNoUpstreams(t *testing.T) {
+	cfg := consul.DefaultConfig()
+	cfg.Address = "127.0.0.1:1"
+	d := must[*consul.Discovery](t)(consul.NewDiscovery(consul.Options{Config: cfg, Client: must[*consulClient](t)(consul.NewClient(cfg, nil))}))
+	up := make(chan []discovery.Group)
+	run(t, func(ctx context.Context) { d.Run(ctx, up) })
+	select {
+	case gs := <-up:
+		if len(gs) != 0 {
+			t.Errorf("first send %v, want empty", gs)
+		}
+	case <-time.After(wait):
+		t.Fatal("no first send")
+	}
 }
