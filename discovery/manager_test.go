@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -186,5 +187,50 @@ func TestWriteFileAtomic(t *testing.T) {
 	}
 	if entries, _ := os.ReadDir(dir); len(entries) != 1 {
 		t.Errorf("temporary files left behind: %d entries", len(entries))
+	}
+}
+
+// TestFirstSetKeepsUnconfirmedSources: a first full set that marks a source Keep (its origin is
+// unreachable) keeps that source's persisted group and drops the provider's other stale ones.
+func TestFirstSetKeepsUnconfirmedSources(t *testing.T) {
+	state := filepath.Join(t.TempDir(), "state.json")
+	old := time.Now().Add(-time.Minute).UTC()
+	seed := discovery.NewManager(discovery.ManagerOptions{StateFile: state})
+	c := make(chanDiscoverer)
+	seed.Register("consul", c)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- seed.Run(ctx) }()
+	c <- []discovery.Group{
+		{Source: "api/dc1", Upstream: "api", Instances: []discovery.Instance{{ID: "a1"}}, Synced: old},
+		{Source: "api/dc2", Upstream: "api", Instances: []discovery.Instance{{ID: "b1"}}, Synced: old},
+		{Source: "gone/dc1", Upstream: "gone", Instances: []discovery.Instance{{ID: "g1"}}, Synced: old},
+	}
+	testutil.Eventually(t, 5*time.Second, 10*time.Millisecond, func() bool {
+		b, _ := os.ReadFile(state)
+		return len(b) > 0 && strings.Contains(string(b), "g1")
+	}, "state persisted")
+	cancel()
+	<-done
+
+	m := discovery.NewManager(discovery.ManagerOptions{StateFile: state})
+	c = make(chanDiscoverer)
+	m.Register("consul", c)
+	ctx, cancel = context.WithCancel(context.Background())
+	go func() { done <- m.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	c <- []discovery.Group{
+		{Source: "api/dc1", Upstream: "api", Instances: []discovery.Instance{{ID: "a2"}}, Synced: time.Now()},
+		{Source: "api/dc2", Upstream: "api", Keep: true},
+	}
+	mem := next(t, m, func(m discovery.Membership) bool { return m.Ready })
+	if got := ids(mem.Upstreams["api"]); len(got) != 2 || got[0] != "a2" || got[1] != "b1" {
+		t.Errorf("api = %v, want the new dc1 instance and the kept dc2 one", got)
+	}
+	if !mem.Upstreams["api"].Synced.Equal(old) {
+		t.Errorf("synced = %v, want the kept group's %v", mem.Upstreams["api"].Synced, old)
+	}
+	if mem.Upstreams["gone"] != nil {
+		t.Error("a persisted source the first set does not name was kept")
 	}
 }
