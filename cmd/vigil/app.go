@@ -29,6 +29,7 @@ type app struct {
 	manager *discovery.Manager
 	checker *health.Checker
 	admin   *admin.Server
+	consul  *consulParts // nil when consul is off
 
 	demo   bool                            // serve demo instances too
 	reload func() (*configs.Config, error) // reads the configuration again on SIGHUP
@@ -53,6 +54,9 @@ func newApp(cfg *configs.Config, log *slog.Logger) (*app, error) {
 	a.static = static.New(cfg.StaticUpstreams())
 	a.manager.Register("static", a.static)
 	var err error
+	if a.consul, err = newConsul(cfg, a.manager, a.reg, log); err != nil {
+		return nil, err
+	}
 	a.checker, err = health.NewChecker(health.Options{
 		Default:    cfg.Defaults.Check,
 		Checks:     cfg.Checks(),
@@ -82,6 +86,7 @@ func (a *app) Run(ctx context.Context) error {
 	g.Go(func() error { return a.manager.Run(ctx) })
 	g.Go(func() error { return a.checker.Run(ctx) })
 	g.Go(func() error { return a.admin.Run(ctx) })
+	a.consul.start(ctx, g, a.table)
 	g.Go(func() error { a.watchReload(ctx); return nil })
 	return g.Wait()
 }
@@ -109,6 +114,7 @@ func (a *app) apply(cfg *configs.Config) {
 	a.table.SetConfig(cfg.TableConfig())
 	a.checker.SetChecks(cfg.Defaults.Check, cfg.Checks())
 	a.static.Set(cfg.StaticUpstreams())
+	a.consul.apply(cfg)
 	a.cfg = cfg
 	a.log.Info("vigil: configuration reloaded", "upstreams", len(cfg.Upstreams))
 }
@@ -140,3 +146,6 @@ func (s *logSink) SetStatus(k discovery.Key, st health.Status) {
 	}
 	s.next.SetStatus(k, st)
 }
+
+// drain takes the local service out of Consul (when registered) before the parts stop.
+func (a *app) drain() { a.consul.drain() }

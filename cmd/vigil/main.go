@@ -109,7 +109,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 		return 1
 	}
 	log := newLogger(stderr, cfg.Log)
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	sig, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
@@ -124,7 +124,20 @@ func cmdRun(args []string, stderr io.Writer) int {
 	a.reload = func() (*configs.Config, error) { return loadConfig(*path) }
 	a.hup = hup
 	log.Info("vigil: starting", "version", version, "config", orDefault(*path), "upstreams", len(cfg.Upstreams), "demo", *demo)
-	if err := a.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
+	// On SIGTERM/SIGINT, drain first (the local service leaves Consul while everything still
+	// serves), then stop every part.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() { errc <- a.Run(ctx) }()
+	select {
+	case <-sig.Done():
+		a.drain()
+		cancel()
+		err = <-errc
+	case err = <-errc:
+	}
+	if err != nil && !errors.Is(err, context.Canceled) {
 		log.Error("vigil: stopped", "err", err)
 		return 1
 	}

@@ -1,0 +1,169 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+
+	"github.com/vigil-sidecar/vigil/proxy/admin"
+	"github.com/vigil-sidecar/vigil/testutil"
+)
+
+// startConsul runs a real Consul dev agent on free loopback ports until the test ends; it
+// returns its HTTP address.
+func startConsul(t *testing.T) string {
+	t.Helper()
+	bin := testutil.Need(t, "consul")
+	p := func() string { return strconv.Itoa(testutil.FreePort(t)) }
+	httpPort := p()
+	var logs bytes.Buffer
+	cmd := exec.Command(bin, "agent", "-dev", "-node", "e2e", "-bind", "127.0.0.1", "-client", "127.0.0.1",
+		"-http-port", httpPort, "-dns-port", p(), "-serf-lan-port", p(), "-serf-wan-port", p(), "-server-port", p(),
+		"-grpc-port", "-1", "-grpc-tls-port", "-1", "-log-level", "warn")
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	t.Cleanup(func() { syscall.Kill(cmd.Process.Pid, syscall.SIGKILL); <-done })
+	addr := "127.0.0.1:" + httpPort
+	c := consulClient(t, addr)
+	testutil.Eventually(t, 30*time.Second, 50*time.Millisecond, func() bool {
+		select {
+		case <-done:
+			t.Fatalf("consul exited:\n%s", logs.String())
+		default:
+		}
+		l, err := c.Status().Leader()
+		return err == nil && l != ""
+	}, "consul up")
+	return addr
+}
+
+func consulClient(t *testing.T, addr string) *api.Client {
+	c, err := api.NewClient(&api.Config{Address: addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// TestConsulEndToEnd runs vigil as a process with Consul: it serves an upstream found in Consul
+// (probed for real), registers its own service with a TTL check that passes, and on SIGTERM marks
+// it critical, keeps it registered for the drain period, deregisters it and exits 0.
+func TestConsulEndToEnd(t *testing.T) {
+	addr := startConsul(t)
+	c := consulClient(t, addr)
+	upstream, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer upstream.Close()
+	local, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer local.Close()
+	if err := c.Agent().ServiceRegister(&api.AgentServiceRegistration{ID: "api-1", Name: "api", Address: "127.0.0.1",
+		Port: upstream.Addr().(*net.TCPAddr).Port}); err != nil {
+		t.Fatal(err)
+	}
+	adminAddr := "127.0.0.1:" + strconv.Itoa(testutil.FreePort(t))
+	localPort := local.Addr().(*net.TCPAddr).Port
+	cfg := filepath.Join(t.TempDir(), "vigil.yaml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf(`
+admin: {listen: %q}
+discovery: {state_file: %q}
+consul: {enabled: true, address: %q, wait_time: 5s}
+service:
+  name: web
+  address: 127.0.0.1
+  port: %d
+  ttl: 5s
+  drain: 1s
+  check: {kind: tcp, interval: 200ms, unhealthy_interval: 200ms, timeout: 100ms}
+upstreams:
+  - name: api
+    consul: {}
+    check: {kind: tcp, interval: 200ms, unhealthy_interval: 200ms, timeout: 100ms}
+`, adminAddr, filepath.Join(t.TempDir(), "state.json"), addr, localPort)), 0o600)
+	cmd := exec.Command(os.Args[0], "run", "-config", cfg)
+	cmd.Env = append(os.Environ(), "VIGIL_TEST_MAIN=1")
+	var logs bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var exitErr error
+	done := make(chan struct{})
+	go func() { exitErr = cmd.Wait(); close(done) }()
+	defer func() {
+		select {
+		case <-done:
+		default:
+			cmd.Process.Kill()
+			<-done
+		}
+	}()
+
+	checkID := "vigil:web-127.0.0.1-" + strconv.Itoa(localPort)
+	status := func() string {
+		checks, _, err := c.Health().Checks("web", nil)
+		if err != nil {
+			return err.Error()
+		}
+		for _, ch := range checks {
+			if ch.CheckID == checkID {
+				return ch.Status
+			}
+		}
+		return "absent"
+	}
+	testutil.Eventually(t, 15*time.Second, 20*time.Millisecond, func() bool { return status() == api.HealthPassing },
+		"the local service registered and passing")
+	testutil.Eventually(t, 15*time.Second, 20*time.Millisecond, func() bool {
+		resp, err := http.Get("http://" + adminAddr + "/v1/upstreams/api")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		var u admin.Upstream
+		return json.NewDecoder(resp.Body).Decode(&u) == nil && u.Served == 1 && u.Healthy == 1
+	}, "api served from Consul, probed healthy")
+
+	start := time.Now()
+	cmd.Process.Signal(syscall.SIGTERM)
+	testutil.Eventually(t, 5*time.Second, 10*time.Millisecond, func() bool { return status() == api.HealthCritical },
+		"critical while draining")
+	select {
+	case <-done:
+		t.Fatalf("vigil exited during the drain: %v\n%s", exitErr, logs.String())
+	default:
+	}
+	select {
+	case <-done:
+		if exitErr != nil {
+			t.Fatalf("exit: %v\n%s", exitErr, logs.String())
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatalf("vigil did not stop after the drain\n%s", logs.String())
+	}
+	if d := time.Since(start); d < time.Second {
+		t.Errorf("stopped %s after SIGTERM, want at least the drain period 1s", d)
+	}
+	if st := status(); st != "absent" {
+		t.Errorf("after exit the check is %s, want deregistered", st)
+	}
+}
