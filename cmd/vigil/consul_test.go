@@ -25,11 +25,24 @@ import (
 func startConsul(t *testing.T) string {
 	t.Helper()
 	bin := testutil.Need(t, "consul")
-	p := func() string { return strconv.Itoa(testutil.FreePort(t)) }
+	// Hold every port open until all are chosen, so that no two are the same.
+	var held []net.Listener
+	p := func() string {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, l)
+		return strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
+	}
 	httpPort := p()
+	ports := []string{p(), p(), p(), p()}
+	for _, l := range held {
+		l.Close()
+	}
 	var logs bytes.Buffer
 	cmd := exec.Command(bin, "agent", "-dev", "-node", "e2e", "-bind", "127.0.0.1", "-client", "127.0.0.1",
-		"-http-port", httpPort, "-dns-port", p(), "-serf-lan-port", p(), "-serf-wan-port", p(), "-server-port", p(),
+		"-http-port", httpPort, "-dns-port", ports[0], "-serf-lan-port", ports[1], "-serf-wan-port", ports[2], "-server-port", ports[3],
 		"-grpc-port", "-1", "-grpc-tls-port", "-1", "-log-level", "warn")
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	if err := cmd.Start(); err != nil {

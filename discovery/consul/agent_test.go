@@ -3,6 +3,7 @@ package consul_test
 import (
 	"bytes"
 	"context"
+	"net"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -66,9 +67,9 @@ func newAgent(t testing.TB, o agentOpts) *agent {
 	}
 	a := &agent{
 		t: t, bin: bin, name: o.name, dc: o.dc, ip: o.ip, dev: !o.server, extra: o.extra,
-		http: testutil.FreePort(t), dns: testutil.FreePort(t), serfLAN: testutil.FreePort(t),
-		serfWAN: testutil.FreePort(t), server: testutil.FreePort(t),
 	}
+	ports := freePorts(t, 5)
+	a.http, a.dns, a.serfLAN, a.serfWAN, a.server = ports[0], ports[1], ports[2], ports[3], ports[4]
 	if o.server {
 		a.dataDir = filepath.Join(t.TempDir(), "data")
 	}
@@ -254,3 +255,31 @@ func must[T any](t testing.TB) func(T, error) T {
 type consulClient = api.Client
 
 func itoa(n int) string { return strconv.Itoa(n) }
+
+// freePorts returns n distinct ports free on 127.0.0.1 (TCP and UDP) right now: all are held
+// open together, so that no two are the same.
+func freePorts(t testing.TB, n int) []int {
+	t.Helper()
+	var ports []int
+	var closers []func() error
+	defer func() {
+		for _, c := range closers {
+			c()
+		}
+	}()
+	for len(ports) < n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		closers = append(closers, l.Close)
+		port := l.Addr().(*net.TCPAddr).Port
+		u, err := net.ListenPacket("udp", "127.0.0.1:"+strconv.Itoa(port))
+		if err != nil {
+			continue // the UDP side is taken: try another
+		}
+		closers = append(closers, u.Close)
+		ports = append(ports, port)
+	}
+	return ports
+}

@@ -125,6 +125,7 @@ func (d *Discovery) Run(ctx context.Context, up chan<- []discovery.Group) {
 	stopAll := func(ws []*watcher, n string) {
 		for _, w := range ws {
 			active[w]()
+			d.m.removeWatcher(w) // now, before a new watch of the same source registers
 			delete(active, w)
 			delete(reported, w)
 			pend[w.source] = pending{g: discovery.Group{Source: w.source, Upstream: n}, changed: true, seen: time.Now()}

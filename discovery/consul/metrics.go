@@ -127,7 +127,13 @@ func (s *staleness) Collect(ch chan<- prometheus.Metric) {
 	}
 	s.m.mu.Unlock()
 	now := time.Now()
+	seen := map[[2]string]bool{}
 	for _, w := range ws {
+		key := [2]string{w.upstream, w.dcLabel()}
+		if seen[key] {
+			continue
+		}
+		seen[key] = true
 		st := w.staleness(now)
 		ch <- prometheus.MustNewConstMetric(stalenessDesc, prometheus.GaugeValue, st.Seconds(), w.upstream, w.dcLabel())
 		if t := w.lastSync(); !t.IsZero() {
