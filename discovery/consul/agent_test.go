@@ -40,6 +40,7 @@ type agent struct {
 	extra   []string
 
 	http, dns, serfLAN, serfWAN, server int
+	spare                               int // free for a test's own use, e.g. an HTTPS port
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -68,8 +69,8 @@ func newAgent(t testing.TB, o agentOpts) *agent {
 	a := &agent{
 		t: t, bin: bin, name: o.name, dc: o.dc, ip: o.ip, dev: !o.server, extra: o.extra,
 	}
-	ports := freePorts(t, 5)
-	a.http, a.dns, a.serfLAN, a.serfWAN, a.server = ports[0], ports[1], ports[2], ports[3], ports[4]
+	ports := freePorts(t, 6)
+	a.http, a.dns, a.serfLAN, a.serfWAN, a.server, a.spare = ports[0], ports[1], ports[2], ports[3], ports[4], ports[5]
 	if o.server {
 		a.dataDir = filepath.Join(t.TempDir(), "data")
 	}
