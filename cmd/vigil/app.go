@@ -56,7 +56,7 @@ func newApp(cfg *configs.Config, log *slog.Logger) (*app, error) {
 	a.checker, err = health.NewChecker(health.Options{
 		Default:    cfg.Defaults.Check,
 		Checks:     cfg.Checks(),
-		Sink:       &logSink{next: a.table, log: log},
+		Sink:       a.table,
 		Members:    a.manager.SyncCh(),
 		Registerer: a.reg,
 		Logger:     log,
@@ -111,32 +111,4 @@ func (a *app) apply(cfg *configs.Config) {
 	a.static.Set(cfg.StaticUpstreams())
 	a.cfg = cfg
 	a.log.Info("vigil: configuration reloaded", "upstreams", len(cfg.Upstreams))
-}
-
-// logSink logs every state change on its way to the table.
-type logSink struct {
-	next health.Sink
-	log  *slog.Logger
-}
-
-func (s *logSink) SetMembership(m discovery.Membership, st map[discovery.Key]health.Status) {
-	n := 0
-	for _, u := range m.Upstreams {
-		n += len(u.Instances)
-	}
-	s.log.Info("membership", "upstreams", len(m.Upstreams), "instances", n, "synced", m.Ready)
-	s.next.SetMembership(m, st)
-}
-
-func (s *logSink) SetStatus(k discovery.Key, st health.Status) {
-	attrs := []any{"upstream", k.Upstream, "instance", k.ID}
-	switch {
-	case st.State == health.Healthy:
-		s.log.Info("instance healthy", attrs...)
-	case st.Flapping:
-		s.log.Warn("instance flapping: held unhealthy", append(attrs, "reason", st.Reason)...)
-	default:
-		s.log.Warn("instance "+st.State.String(), append(attrs, "reason", st.Reason)...)
-	}
-	s.next.SetStatus(k, st)
 }
