@@ -247,7 +247,7 @@ func benchProber(b *testing.B, n int) {
 		time.Sleep(window)
 		c1, p1, t1 := cpuTime(), sink.probes(), time.Now()
 		probes := float64(p1 - p0)
-		cpu = append(cpu, (c1 - c0).Seconds()/(probes/1000))
+		cpu = append(cpu, (c1-c0).Seconds()/(probes/1000))
 		rate = append(rate, probes/t1.Sub(t0).Seconds())
 		lagMu.Lock()
 		slices.Sort(lags)
