@@ -173,8 +173,8 @@ func (p *prober) probe(ctx context.Context) {
 	switch {
 	case p.wake:
 		due = now
-	case edge:
-		due = startMono + int64(cfg.EdgeInterval)
+	case edge: // counted from the end: a probe that timed out is not followed by another at once
+		due = now + int64(cfg.EdgeInterval)
 	default:
 		due = startMono + int64(p.chk.interval(p.status.State == Unhealthy))
 	}
