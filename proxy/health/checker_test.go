@@ -229,3 +229,42 @@ func TestMetrics(t *testing.T) {
 		"series of deleted upstream gone")
 	promtoolCheck(t, reg)
 }
+
+// An instance that changes state too often is held unhealthy, flagged flapping, until stable.
+func TestFlapDamping(t *testing.T) {
+	var failing atomic.Bool
+	srv := httpServer(t, func(w http.ResponseWriter, r *http.Request) {
+		if failing.Load() {
+			w.WriteHeader(500)
+		}
+	})
+	c := fast("http")
+	c.Flap = health.FlapConfig{Threshold: 2, Window: time.Minute, HoldDown: 600 * time.Millisecond}
+	h := start(t, health.Options{Default: c})
+	k := discovery.Key{Upstream: "api", ID: "a"}
+	h.set(map[string][]discovery.Instance{"api": {instanceOf(t, "a", srv.URL)}})
+	h.wait(k, health.Healthy, 3*time.Second) // the first verdict is not a change
+
+	failing.Store(true)
+	h.wait(k, health.Unhealthy, 3*time.Second) // change 1
+	failing.Store(false)
+	h.wait(k, health.Healthy, 3*time.Second) // change 2
+	failing.Store(true)
+	st := h.wait(k, health.Unhealthy, 3*time.Second) // change 3: flapping
+	if !st.Flapping {
+		t.Fatalf("not flapping after 3 changes: %+v", st)
+	}
+	failing.Store(false)
+	held := time.Now()
+	testutil.Eventually(t, 3*time.Second, 5*time.Millisecond, func() bool {
+		st, _ = h.sink.status(k)
+		return strings.HasPrefix(st.Reason, "flapping:")
+	}, "held down though passing")
+	if st.State != health.Unhealthy || !st.Flapping {
+		t.Errorf("while held: %+v", st)
+	}
+	st = h.wait(k, health.Healthy, 3*time.Second)
+	if st.Flapping || time.Since(held) < 600*time.Millisecond {
+		t.Errorf("served again after %s: %+v", time.Since(held), st)
+	}
+}
