@@ -39,6 +39,9 @@ func TestNewCheckerRejectsBadChecks(t *testing.T) {
 	if _, err := health.NewChecker(health.Options{Default: health.DefaultCheck()}); err == nil {
 		t.Error("no error without a sink")
 	}
+	if _, err := health.NewChecker(health.Options{Sink: newSink(t)}); err != nil {
+		t.Errorf("zero Default: %v", err)
+	}
 }
 
 // A crashed instance closes the connection kept between probes: it is probed at once and found
