@@ -28,7 +28,7 @@ type Options struct {
 }
 
 // maxInFlight bounds the probes in flight at once; the scheduler waits when it is reached.
-const maxInFlight = 4096
+const maxInFlight = 8192
 
 // batchStatuses is the number of pending status changes above which the sink gets one
 // SetMembership instead of a SetStatus per instance.
