@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -375,6 +376,12 @@ func runBenchScenario(b *testing.B, mode string, flips int) benchResult {
 func runBenchChild(mode string) int {
 	listen := os.Getenv("VIGIL_XDS_BENCH_LISTEN")
 	tb := benchTable()
+	if p := os.Getenv("VIGIL_XDS_BENCH_CPUPROFILE"); p != "" && mode == "vigil" {
+		if f, err := os.Create(p); err == nil {
+			pprof.StartCPUProfile(f)
+			defer pprof.StopCPUProfile()
+		}
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan error, 1)
