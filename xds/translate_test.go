@@ -8,6 +8,8 @@ import (
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 
+	"google.golang.org/protobuf/types/known/anypb"
+
 	"github.com/vigil-sidecar/vigil/discovery"
 	"github.com/vigil-sidecar/vigil/proxy/health"
 	"github.com/vigil-sidecar/vigil/proxy/table"
@@ -28,11 +30,32 @@ func validateAll(t *testing.T, r *Resources) {
 	for n, v := range r.Endpoints {
 		check("endpoints "+n, v)
 	}
+	// ValidateAll does not look into an Any: validate typed configs too.
+	var checkAny func(name string, a *anypb.Any)
+	checkAny = func(name string, a *anypb.Any) {
+		m, err := a.UnmarshalNew()
+		if err != nil {
+			t.Errorf("%s: %v", name, err)
+			return
+		}
+		check(name+" "+a.GetTypeUrl(), m.(validator))
+		if h, ok := m.(*hcmv3.HttpConnectionManager); ok {
+			for _, f := range h.HttpFilters {
+				checkAny(name+" "+f.Name, f.GetTypedConfig())
+			}
+		}
+	}
 	for n, v := range r.Listeners {
 		check("listener "+n, v)
+		for _, fc := range v.FilterChains {
+			for _, f := range fc.Filters {
+				checkAny("listener "+n, f.GetTypedConfig())
+			}
+		}
 	}
 	for n, v := range r.APIListeners {
 		check("api listener "+n, v)
+		checkAny("api listener "+n, v.GetApiListener().GetApiListener())
 	}
 	for n, v := range r.Routes {
 		check("route "+n, v)
