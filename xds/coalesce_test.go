@@ -6,6 +6,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/vigil-sidecar/vigil/discovery"
 	"github.com/vigil-sidecar/vigil/proxy/health"
 	vtestutil "github.com/vigil-sidecar/vigil/testutil"
 )
@@ -31,9 +32,17 @@ func TestCoalescing(t *testing.T) {
 	base = pushes()
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
+	snap := tb.Snapshot()
 	for i := range 60 {
 		<-tick.C
-		setState(tb, "a", "i1", states[i%2])
+		// Each change is new (a weight never seen before), so that every push has something to send.
+		ins := instancesOf(snap.Upstreams["a"])
+		ins[1].Weight = 100 + i
+		m := discovery.Membership{Ready: true, Upstreams: map[string]*discovery.Upstream{"a": {Name: "a", Instances: ins}}}
+		for _, n := range []string{"b", "c"} {
+			m.Upstreams[n] = &discovery.Upstream{Name: n, Instances: instancesOf(snap.Upstreams[n])}
+		}
+		tb.SetMembership(m, statusesOf(snap, "a", "b", "c"))
 	}
 	if got := pushes() - base; got < 2 {
 		t.Fatalf("%g pushes while changes kept coming for 600ms with max_delay 150ms", got)

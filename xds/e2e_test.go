@@ -90,7 +90,7 @@ func TestEndToEndWithChecker(t *testing.T) {
 		testutil.Eventually(t, bound, 5*time.Millisecond, func() bool { return spread(t, cc, 10)[b.addr] == 0 },
 			"no call to the "+how+" backend within unhealthy_threshold × interval + 500ms")
 		t.Logf("%s backend left after %s (bound %s)", how, time.Since(start), bound)
-		if got := spread(t, cc, 60); got[b.addr] != 0 {
+		if got := spread(t, cc, 60); got[b.addr] != 0 || got["error"] != 0 {
 			t.Fatalf("calls to the %s backend: %v", how, got)
 		}
 	}
