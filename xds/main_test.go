@@ -29,7 +29,7 @@ func TestMain(m *testing.M) {
 func runServer(t testing.TB, tb *table.Table, mod func(*Config)) (*Server, string, *prometheus.Registry) {
 	t.Helper()
 	cfg := DefaultConfig()
-	cfg.Listen = "127.0.0.1:" + strconv.Itoa(testutil.FreePort(t))
+	cfg.Listen = "127.0.0.1:0"
 	cfg.VersionFile = t.TempDir() + "/xds-version"
 	if mod != nil {
 		mod(&cfg)
@@ -53,14 +53,15 @@ func runServer(t testing.TB, tb *table.Table, mod func(*Config)) (*Server, strin
 			t.Error("Run did not return")
 		}
 	})
-	testutil.Eventually(t, 5*time.Second, 5*time.Millisecond, func() bool {
-		c, err := net.Dial("tcp", cfg.Listen)
-		if err == nil {
-			c.Close()
+	testutil.Eventually(t, 5*time.Second, time.Millisecond, func() bool {
+		select {
+		case err := <-done:
+			t.Fatalf("Run: %v", err)
+		default:
 		}
-		return err == nil
+		return s.Addr() != nil
 	}, "xds server listening")
-	return s, cfg.Listen, reg
+	return s, s.Addr().String(), reg
 }
 
 // addrInstances returns instances for the given host:port addresses, IDs i0, i1, ...

@@ -47,16 +47,24 @@ type Server struct {
 	cfg    atomic.Pointer[Config]
 	reload chan struct{} // SetConfig's signal to the push loop
 
-	caches [nKinds]*cachev3.LinearCache
+	caches [nKinds]resourceCache
 	cache  cachev3.Cache
 
 	// pushed is what the caches hold, by upstream; owned by the push loop.
 	pushed map[string]*pushedSet
 
 	streams sync.Map // "sotw/<id>" or "delta/<id>" -> streams label values
+	addr    atomic.Pointer[net.TCPAddr]
 }
 
-// Resource kinds, one LinearCache each.
+// resourceCache is a cache of one resource type that the push loop updates.
+type resourceCache interface {
+	cachev3.Cache
+	UpdateResources(toUpdate map[string]types.Resource, toDelete []string) error
+}
+
+// Resource kinds, one cache each: endpoints in an incCache, the rest (which change
+// rarely, and whose state-of-the-world responses carry every resource) in LinearCaches.
 const (
 	kindCluster = iota
 	kindEndpoint
@@ -107,6 +115,10 @@ func New(cfg Config, t *table.Table, reg prometheus.Registerer, log *slog.Logger
 	}
 	prefix := strconv.FormatUint(s.epoch, 10) + "."
 	for k := range s.caches {
+		if k == kindEndpoint {
+			s.caches[k] = newIncCache(kindTypeURL[k], prefix)
+			continue
+		}
 		s.caches[k] = cachev3.NewLinearCache(kindTypeURL[k], cachev3.WithVersionPrefix(prefix), cachev3.WithLogger(cl))
 	}
 	caches := map[string]cachev3.Cache{}
@@ -161,6 +173,9 @@ func serverCreds(c *TLS) (credentials.TransportCredentials, error) {
 	return credentials.NewTLS(tc), nil
 }
 
+// Addr returns the address the server listens on, or nil before Run listens.
+func (s *Server) Addr() *net.TCPAddr { return s.addr.Load() }
+
 // Epoch returns this run's version epoch: every version served is "<epoch>.<n>".
 func (s *Server) Epoch() uint64 { return s.epoch }
 
@@ -186,6 +201,9 @@ func (s *Server) Run(ctx context.Context) error {
 		<-ctx.Done()
 		return nil
 	}
+	// Subscribe before the first push: no change may fall between them.
+	changes, unsubscribe := s.table.Subscribe()
+	defer unsubscribe()
 	s.push(time.Time{})
 	lis, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -209,6 +227,7 @@ func (s *Server) Run(ctx context.Context) error {
 	listenerservice.RegisterListenerDiscoveryServiceServer(gs, xs)
 	routeservice.RegisterRouteDiscoveryServiceServer(gs, xs)
 
+	s.addr.Store(lis.Addr().(*net.TCPAddr))
 	s.log.Info("xds: serving", "listen", lis.Addr().String(), "tls", s.creds != nil, "epoch", s.epoch)
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
@@ -222,7 +241,7 @@ func (s *Server) Run(ctx context.Context) error {
 		gs.Stop()
 		return nil
 	})
-	g.Go(func() error { s.loop(gctx); return nil })
+	g.Go(func() error { s.loop(gctx, changes); return nil })
 	err = g.Wait()
 	if ctx.Err() != nil && err == nil {
 		return nil
@@ -232,9 +251,7 @@ func (s *Server) Run(ctx context.Context) error {
 
 // loop coalesces table changes: a push waits cfg.Coalesce after the last change, and at
 // most cfg.MaxDelay after the first.
-func (s *Server) loop(ctx context.Context) {
-	ch, unsubscribe := s.table.Subscribe()
-	defer unsubscribe()
+func (s *Server) loop(ctx context.Context, ch <-chan struct{}) {
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	defer timer.Stop()
