@@ -401,7 +401,9 @@ func runBenchChild(mode string) int {
 		fmt.Fprintf(os.Stderr, "unknown mode %q\n", mode)
 		return 1
 	}
-	for deadline := time.Now().Add(30 * time.Second); ; {
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for deadline := time.Now().Add(30 * time.Second); ; <-tick.C {
 		if c, err := net.Dial("tcp", listen); err == nil {
 			c.Close()
 			break
@@ -410,7 +412,6 @@ func runBenchChild(mode string) int {
 			fmt.Fprintln(os.Stderr, "server not listening")
 			return 1
 		}
-		time.Sleep(5 * time.Millisecond) // a child process's start-up poll, bounded above
 	}
 	fmt.Println("ready")
 	in := bufio.NewScanner(os.Stdin)

@@ -68,14 +68,14 @@ type resourceCache interface {
 const (
 	kindCluster = iota
 	kindEndpoint
+	kindRoute
 	kindListener    // socket listeners, for Envoy
 	kindAPIListener // API listeners, for proxyless gRPC clients
-	kindRoute
 	nKinds
 )
 
 var kindTypeURL = [nKinds]string{
-	resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.ListenerType, resourcev3.ListenerType, resourcev3.RouteType,
+	resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.RouteType, resourcev3.ListenerType, resourcev3.ListenerType,
 }
 
 // pushedSet is what one upstream (or the inbound service) put into the caches.
@@ -323,14 +323,23 @@ func (s *Server) push(since time.Time) {
 			delete(s.pushed, key)
 		}
 	}
+	// Make before break: clusters, then endpoints, then the listeners and routes that use
+	// them; removals the other way round.
 	changed := 0
 	for k, c := range s.caches {
-		if len(upd[k]) == 0 && len(del[k]) == 0 {
-			continue
+		if len(upd[k]) > 0 {
+			changed += len(upd[k])
+			if err := c.UpdateResources(upd[k], nil); err != nil {
+				s.log.Error("xds: update cache", "type", kindTypeURL[k], "err", err)
+			}
 		}
-		changed += len(upd[k]) + len(del[k])
-		if err := c.UpdateResources(upd[k], del[k]); err != nil {
-			s.log.Error("xds: update cache", "type", kindTypeURL[k], "err", err)
+	}
+	for k := nKinds - 1; k >= 0; k-- {
+		if len(del[k]) > 0 {
+			changed += len(del[k])
+			if err := s.caches[k].UpdateResources(nil, del[k]); err != nil {
+				s.log.Error("xds: update cache", "type", kindTypeURL[k], "err", err)
+			}
 		}
 	}
 	s.m.upstreams.Set(float64(len(snap.Upstreams)))
