@@ -428,6 +428,12 @@ func runBenchChild(mode string) int {
 		tb.SetStatus(discovery.Key{Upstream: f[1], ID: f[2]}, health.Status{State: st, Since: time.Now()})
 		fmt.Println(t0)
 	}
+	if p := os.Getenv("VIGIL_XDS_BENCH_MEMPROFILE"); p != "" && mode == "vigil" {
+		if f, err := os.Create(p); err == nil {
+			pprof.Lookup("heap").WriteTo(f, 0)
+			f.Close()
+		}
+	}
 	cancel()
 	if err := <-done; err != nil {
 		fmt.Fprintln(os.Stderr, err)
