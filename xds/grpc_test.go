@@ -114,3 +114,36 @@ func TestGRPCXDSClient(t *testing.T) {
 		return spread(t, cc, 10)[bs[0].addr] > 0
 	}, "calls to the revived backend")
 }
+
+// TestGRPCZonePriorities: with zone preference, gRPC's xDS client sends every call to the
+// local zone (priority 0), and to the other zone once the local one has no healthy instance.
+func TestGRPCZonePriorities(t *testing.T) {
+	bs := []*backend{startBackend(t), startBackend(t), startBackend(t)}
+	ins := addrInstances(bs[0].addr, bs[1].addr, bs[2].addr)
+	ins[0].Zone, ins[1].Zone, ins[2].Zone = "zone-a", "zone-a", "zone-b"
+	pol := table.Policy{PanicMode: table.FailOpen, ZonePreference: true, ZoneMinHealthy: 50}
+	tb := newTable("zone-a", pol, map[string][]discovery.Instance{"api": ins}, nil)
+	_, addr, _ := runServer(t, tb, nil)
+	cc := xdsClient(t, addr, "api")
+
+	testutil.Eventually(t, 10*time.Second, 10*time.Millisecond, func() bool {
+		got := spread(t, cc, 30)
+		return got[bs[0].addr] > 0 && got[bs[1].addr] > 0
+	}, "calls to both local backends")
+	if got := spread(t, cc, 60); got[bs[2].addr] != 0 {
+		t.Fatalf("calls to the other zone while the local one is healthy: %v", got)
+	}
+
+	setState(tb, "api", "i0", healthcfg.Unhealthy)
+	setState(tb, "api", "i1", healthcfg.Unhealthy)
+	testutil.Eventually(t, 5*time.Second, 5*time.Millisecond, func() bool {
+		got := spread(t, cc, 10)
+		return got[bs[2].addr] == 10
+	}, "every call to the other zone once the local zone is down")
+
+	setState(tb, "api", "i1", healthcfg.Healthy)
+	testutil.Eventually(t, 5*time.Second, 5*time.Millisecond, func() bool {
+		got := spread(t, cc, 10)
+		return got[bs[1].addr] == 10
+	}, "every call back to the local zone")
+}
