@@ -161,6 +161,10 @@ func HealthStatus(s table.State) corev3.HealthStatus {
 	}
 }
 
+// strictOverprovisioning is an overprovisioning factor (in percent) so large that a priority
+// keeps all the traffic while it has a healthy endpoint.
+const strictOverprovisioning = 1_000_000
+
 type localityKey struct {
 	priority int
 	region   string
@@ -201,7 +205,13 @@ func LoadAssignment(u *table.Upstream) *endpointv3.ClusterLoadAssignment {
 	slices.SortFunc(keys, func(a, b localityKey) int {
 		return cmp.Or(cmp.Compare(a.priority, b.priority), cmp.Compare(a.region, b.region), cmp.Compare(a.zone, b.zone))
 	})
-	cla := &endpointv3.ClusterLoadAssignment{ClusterName: u.Name}
+	cla := &endpointv3.ClusterLoadAssignment{
+		ClusterName: u.Name,
+		// vigil's table decides when traffic leaves a priority (zone spill-over, datacenter
+		// failover): Envoy moves to the next priority only when one has no healthy endpoint,
+		// instead of when it is below 1/1.4 healthy (its default). gRPC does so already.
+		Policy: &endpointv3.ClusterLoadAssignment_Policy{OverprovisioningFactor: wrapperspb.UInt32(strictOverprovisioning)},
+	}
 	for _, k := range keys {
 		cla.Endpoints = append(cla.Endpoints, groups[k])
 	}

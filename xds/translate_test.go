@@ -111,6 +111,9 @@ func TestLoadAssignmentPriorities(t *testing.T) {
 			if err := cla.ValidateAll(); err != nil {
 				t.Fatal(err)
 			}
+			if cla.GetPolicy().GetOverprovisioningFactor().GetValue() != strictOverprovisioning {
+				t.Errorf("overprovisioning %v", cla.GetPolicy())
+			}
 			got := map[string]uint32{}
 			prev := uint32(0)
 			for _, loc := range cla.Endpoints {
