@@ -1,10 +1,16 @@
 package xds
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
+
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+
+	"github.com/vigil-sidecar/vigil/proxy/health"
 )
 
 func TestEpochMonotonicAcrossRestarts(t *testing.T) {
@@ -29,5 +35,38 @@ func TestEpochMonotonicAcrossRestarts(t *testing.T) {
 	os.WriteFile(path, []byte("garbage"), 0o600)
 	if _, err := nextEpoch(path, now); err == nil {
 		t.Fatal("no error for a corrupt version file")
+	}
+}
+
+// TestVersionsAcrossRestarts: a server started again on the same version file serves
+// versions after every version of the previous run.
+func TestVersionsAcrossRestarts(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "version")
+	first := func() string {
+		tb := threeUpstreams()
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		var v string
+		t.Run("run", func(t *testing.T) {
+			_, addr, _ := runServer(t, tb, func(c *Config) { c.VersionFile = file })
+			st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(dial(t, addr)).StreamAggregatedResources(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			st.Send(&discoveryv3.DiscoveryRequest{Node: node, TypeUrl: resourcev3.EndpointType})
+			r := recv(t, st.Recv)
+			// Many changes in this run: the next run must still be ahead.
+			for i := range 51 { // an odd number: a/i0 ends unhealthy, a change to send
+				setState(tb, "a", "i0", []health.State{health.Unhealthy, health.Healthy}[i%2])
+			}
+			st.Send(&discoveryv3.DiscoveryRequest{Node: node, TypeUrl: resourcev3.EndpointType, VersionInfo: r.VersionInfo, ResponseNonce: r.Nonce})
+			v = recv(t, st.Recv).VersionInfo
+			cancel()
+		})
+		return v
+	}
+	v1, v2 := first(), first()
+	if !versionLess(t, v1, v2) {
+		t.Fatalf("version %q after a restart is not after %q", v2, v1)
 	}
 }
