@@ -21,6 +21,7 @@ import (
 	"github.com/vigil-sidecar/vigil/proxy/admin"
 	"github.com/vigil-sidecar/vigil/proxy/health"
 	"github.com/vigil-sidecar/vigil/proxy/table"
+	"github.com/vigil-sidecar/vigil/xds"
 )
 
 // Default is the embedded default configuration (configs/vigil.yaml).
@@ -42,6 +43,8 @@ type Config struct {
 	Defaults Defaults `yaml:"defaults"`
 	// Upstreams are the services that the local service calls.
 	Upstreams []Upstream `yaml:"upstreams"`
+	// XDS configures the xDS control plane for Envoy and proxyless gRPC clients.
+	XDS xds.Config `yaml:"xds"`
 }
 
 // Node describes the machine vigil runs on.
@@ -88,6 +91,8 @@ type Upstream struct {
 	Check health.CheckConfig `yaml:"check"`
 	// Policy overrides the default serving policy.
 	table.Policy `yaml:",inline"`
+	// XDS is how the upstream is served over xDS (listener port, protocol, timeouts).
+	XDS xds.UpstreamConfig `yaml:"xds"`
 }
 
 // Builtin returns the built-in defaults that a configuration file overrides.
@@ -98,6 +103,7 @@ func Builtin() Config {
 		Admin:     admin.Config{Listen: "127.0.0.1:9480"},
 		Discovery: Discovery{MaxStateAge: 24 * time.Hour},
 		Defaults:  Defaults{Check: health.DefaultCheck(), Policy: table.DefaultPolicy()},
+		XDS:       xds.DefaultConfig(),
 	}
 }
 
@@ -199,7 +205,9 @@ func (c *Config) Validate() error {
 	}
 	errs.Add("defaults.check", c.Defaults.Check.Validate())
 	errs.Add("defaults", c.Defaults.Policy.Validate())
+	errs.Add("xds", c.XDS.Validate())
 	seen := map[string]int{}
+	ports := map[int]int{}
 	for i, u := range c.Upstreams {
 		p := fmt.Sprintf("upstreams[%d]", i)
 		switch j, dup := seen[u.Name]; {
@@ -214,6 +222,12 @@ func (c *Config) Validate() error {
 		}
 		errs.Add(p+".check", u.Check.Validate())
 		errs.Add(p, u.Policy.Validate())
+		errs.Add(p+".xds", u.XDS.Validate())
+		if j, dup := ports[u.XDS.ListenPort]; dup && u.XDS.ListenPort > 0 {
+			errs.Addf(p+".xds.listen_port", "%d is already the listen_port of upstreams[%d]", u.XDS.ListenPort, j)
+		} else if u.XDS.ListenPort > 0 {
+			ports[u.XDS.ListenPort] = i
+		}
 		if len(u.Instances) == 0 {
 			errs.Addf(p+".instances", "must not be empty")
 		}
@@ -249,6 +263,16 @@ func (c *Config) TableConfig() table.Config {
 		tc.Upstreams[u.Name] = u.Policy
 	}
 	return tc
+}
+
+// XDSConfig returns the xDS server's configuration, with each upstream's xds settings.
+func (c *Config) XDSConfig() xds.Config {
+	x := c.XDS
+	x.Upstreams = make(map[string]xds.UpstreamConfig, len(c.Upstreams))
+	for _, u := range c.Upstreams {
+		x.Upstreams[u.Name] = u.XDS
+	}
+	return x
 }
 
 // Checks returns the health check of each upstream.

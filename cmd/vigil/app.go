@@ -17,6 +17,7 @@ import (
 	"github.com/vigil-sidecar/vigil/proxy/admin"
 	"github.com/vigil-sidecar/vigil/proxy/health"
 	"github.com/vigil-sidecar/vigil/proxy/table"
+	"github.com/vigil-sidecar/vigil/xds"
 )
 
 // app is one running vigil: every part wired together.
@@ -29,6 +30,7 @@ type app struct {
 	manager *discovery.Manager
 	checker *health.Checker
 	admin   *admin.Server
+	xds     *xds.Server
 
 	demo   bool                            // serve demo instances too
 	reload func() (*configs.Config, error) // reads the configuration again on SIGHUP
@@ -65,6 +67,9 @@ func newApp(cfg *configs.Config, log *slog.Logger) (*app, error) {
 		return nil, fmt.Errorf("health: %w", err)
 	}
 	a.admin = admin.New(cfg.Admin, a.table, a.reg, log)
+	if a.xds, err = xds.New(cfg.XDSConfig(), a.table, a.reg, log.With("part", "xds")); err != nil {
+		return nil, err
+	}
 	return a, nil
 }
 
@@ -82,6 +87,7 @@ func (a *app) Run(ctx context.Context) error {
 	g.Go(func() error { return a.manager.Run(ctx) })
 	g.Go(func() error { return a.checker.Run(ctx) })
 	g.Go(func() error { return a.admin.Run(ctx) })
+	g.Go(func() error { return a.xds.Run(ctx) })
 	g.Go(func() error { a.watchReload(ctx); return nil })
 	return g.Wait()
 }
@@ -109,6 +115,9 @@ func (a *app) apply(cfg *configs.Config) {
 	a.table.SetConfig(cfg.TableConfig())
 	a.checker.SetChecks(cfg.Defaults.Check, cfg.Checks())
 	a.static.Set(cfg.StaticUpstreams())
+	if err := a.xds.SetConfig(cfg.XDSConfig()); err != nil {
+		a.log.Error("vigil: reload: xds", "err", err)
+	}
 	a.cfg = cfg
 	a.log.Info("vigil: configuration reloaded", "upstreams", len(cfg.Upstreams))
 }
