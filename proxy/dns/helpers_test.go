@@ -3,6 +3,7 @@ package dns_test
 import (
 	"context"
 	"fmt"
+	"os"
 	"testing"
 	"time"
 
@@ -16,7 +17,12 @@ import (
 	"github.com/vigil-sidecar/vigil/proxy/table"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	if addr := os.Getenv(benchServeEnv); addr != "" {
+		os.Exit(benchServe(addr))
+	}
+	goleak.VerifyTestMain(m)
+}
 
 var nets = []string{"udp", "tcp"}
 
