@@ -26,11 +26,14 @@ func (w *recorder) WriteMsg(m *mdns.Msg) error {
 	_, err = w.Write(b)
 	return err
 }
-func (w *recorder) Write(b []byte) (int, error) { w.out = append(w.out, append([]byte(nil), b...)); return len(b), nil }
-func (w *recorder) Close() error                { return nil }
-func (w *recorder) TsigStatus() error           { return nil }
-func (w *recorder) TsigTimersOnly(bool)         {}
-func (w *recorder) Hijack()                     {}
+func (w *recorder) Write(b []byte) (int, error) {
+	w.out = append(w.out, append([]byte(nil), b...))
+	return len(b), nil
+}
+func (w *recorder) Close() error        { return nil }
+func (w *recorder) TsigStatus() error   { return nil }
+func (w *recorder) TsigTimersOnly(bool) {}
+func (w *recorder) Hijack()             {}
 
 func seedQuery(name string, qtype uint16, size uint16) []byte {
 	m := new(mdns.Msg)

@@ -40,7 +40,7 @@ func up(id, addr string, port int, st health.State, mods ...func(*discovery.Inst
 	return in
 }
 
-func zone(z string) func(*discovery.Instance)  { return func(i *discovery.Instance) { i.Zone = z } }
+func zone(z string) func(*discovery.Instance)    { return func(i *discovery.Instance) { i.Zone = z } }
 func tags(t ...string) func(*discovery.Instance) { return func(i *discovery.Instance) { i.Tags = t } }
 func dc(d string, failover int) func(*discovery.Instance) {
 	return func(i *discovery.Instance) { i.Datacenter, i.Failover = d, failover }
