@@ -1,0 +1,333 @@
+package health
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"reflect"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/vigil-sidecar/vigil/configs/field"
+	"github.com/vigil-sidecar/vigil/discovery"
+)
+
+// Options configures a Checker.
+type Options struct {
+	Default    CheckConfig            // for upstreams not in Checks
+	Checks     map[string]CheckConfig // per upstream name
+	Sink       Sink                   // e.g. *table.Table
+	Members    <-chan discovery.Membership
+	Registerer prometheus.Registerer // may be nil
+	Logger     *slog.Logger          // may be nil
+}
+
+// maxInFlight bounds the probes in flight at once; the scheduler waits when it is reached.
+const maxInFlight = 4096
+
+// batchStatuses is the number of pending status changes above which the sink gets one
+// SetMembership instead of a SetStatus per instance.
+const batchStatuses = 64
+
+// Checker probes every instance of the membership it reads and tells its Sink the verdicts.
+type Checker struct {
+	sink    Sink
+	members <-chan discovery.Membership
+	log     *slog.Logger
+	met     *metrics
+	sched   *sched
+	watch   *watcher
+	sem     chan struct{}
+	probes  sync.WaitGroup
+	ctx     context.Context // of Run, for probes
+	running atomic.Bool
+	lagHook func(time.Duration) // tests and benchmarks
+
+	mu     sync.RWMutex
+	def    CheckConfig
+	checks map[string]CheckConfig
+	ups    map[string]*upstream
+	mem    discovery.Membership
+
+	dirtyMu  sync.Mutex
+	dirty    []*prober
+	dirtySig chan struct{}
+}
+
+// upstream is the checker's view of one upstream: its check, series and probers.
+type upstream struct {
+	name    string
+	chk     *check
+	met     upstreamMetrics
+	probers map[string]*prober // by instance ID
+}
+
+// NewChecker returns a Checker; Run starts it.
+func NewChecker(o Options) (*Checker, error) {
+	if o.Sink == nil {
+		return nil, errors.New("health: options: sink is required")
+	}
+	var errs field.Errors
+	errs.Add("default", o.Default.Validate())
+	for name, c := range o.Checks {
+		errs.Add("checks["+name+"]", c.Validate())
+	}
+	if err := errs.Err(); err != nil {
+		return nil, fmt.Errorf("health: %w", err)
+	}
+	for name, c := range o.Checks {
+		if chk := compile(c); chk.err != nil {
+			return nil, fmt.Errorf("health: checks[%s]: %w", name, chk.err)
+		}
+	}
+	if chk := compile(o.Default); chk.err != nil {
+		return nil, fmt.Errorf("health: default: %w", chk.err)
+	}
+	log := o.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	c := &Checker{
+		sink:     o.Sink,
+		members:  o.Members,
+		log:      log,
+		met:      newMetrics(o.Registerer),
+		sched:    newSched(),
+		sem:      make(chan struct{}, maxInFlight),
+		ctx:      context.Background(),
+		def:      o.Default,
+		checks:   o.Checks,
+		ups:      map[string]*upstream{},
+		dirtySig: make(chan struct{}, 1),
+	}
+	return c, nil
+}
+
+// Run probes until ctx ends, then stops every prober and waits for probes in flight.
+func (c *Checker) Run(ctx context.Context) error {
+	if !c.running.CompareAndSwap(false, true) {
+		return errors.New("health: checker already running")
+	}
+	c.ctx = ctx
+	w, err := newWatcher()
+	if err != nil {
+		c.log.Warn("health: closed probe connections will not be noticed between probes", "err", err)
+	}
+	c.watch = w
+	var wg sync.WaitGroup
+	wg.Go(func() { c.sched.run(ctx, c.dispatch) })
+	if w != nil {
+		wg.Go(w.run)
+	}
+	defer func() {
+		wg.Wait()
+		c.mu.Lock()
+		for name, u := range c.ups {
+			for _, p := range u.probers {
+				p.stop()
+			}
+			c.met.forget(name)
+		}
+		c.ups = map[string]*upstream{}
+		c.mu.Unlock()
+		c.probes.Wait()
+		if w != nil {
+			w.close()
+		}
+	}()
+	members := c.members
+	for {
+		select {
+		case <-ctx.Done():
+			if w != nil {
+				w.stop()
+			}
+			return nil
+		case m, ok := <-members:
+			if !ok {
+				members = nil
+				continue
+			}
+			c.flush() // changes before this membership go first
+			c.setMembership(m)
+		case <-c.dirtySig:
+			c.flush()
+		}
+	}
+}
+
+// dispatch starts one probe of p; it runs on the scheduler's goroutine.
+func (c *Checker) dispatch(p *prober, lag time.Duration) {
+	c.met.lag.Observe(lag.Seconds())
+	if c.lagHook != nil {
+		c.lagHook(lag)
+	}
+	select {
+	case c.sem <- struct{}{}:
+	case <-c.ctx.Done():
+		return
+	}
+	c.met.inFlight.Inc()
+	c.probes.Add(1)
+	go func() {
+		defer func() {
+			c.met.inFlight.Dec()
+			<-c.sem
+			c.probes.Done()
+		}()
+		p.probe(c.ctx)
+	}()
+}
+
+// setMembership starts and stops probers and hands the membership to the sink.
+func (c *Checker) setMembership(m discovery.Membership) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.mem = m
+	now := time.Now()
+	statuses := make(map[discovery.Key]Status)
+	for name, mu := range m.Upstreams {
+		u := c.ups[name]
+		if u == nil {
+			u = &upstream{name: name, chk: compile(c.checkOf(name)), met: c.met.upstream(name), probers: map[string]*prober{}}
+			c.ups[name] = u
+		}
+		seen := make(map[string]struct{}, len(mu.Instances))
+		for i := range mu.Instances {
+			in := &mu.Instances[i]
+			seen[in.ID] = struct{}{}
+			p := u.probers[in.ID]
+			if p != nil && (p.address != in.Address || p.port != in.Port) {
+				p.stop()
+				p = nil
+			}
+			if p == nil {
+				p = c.newProber(u, u.chk, discovery.Key{Upstream: name, ID: in.ID}, in.Address, in.Port, now, nil)
+				u.probers[in.ID] = p
+			}
+			statuses[p.key] = p.Status()
+		}
+		for id, p := range u.probers {
+			if _, ok := seen[id]; !ok {
+				p.stop()
+				delete(u.probers, id)
+			}
+		}
+		u.met.instances.Set(float64(len(u.probers)))
+	}
+	for name, u := range c.ups {
+		if _, ok := m.Upstreams[name]; !ok {
+			for _, p := range u.probers {
+				p.stop()
+			}
+			delete(c.ups, name)
+			c.met.forget(name)
+		}
+	}
+	c.sink.SetMembership(m, statuses)
+}
+
+func (c *Checker) checkOf(upstream string) CheckConfig {
+	if chk, ok := c.checks[upstream]; ok {
+		return chk
+	}
+	return c.def
+}
+
+// SetChecks replaces the checks (on reload). Probers whose check changed restart, keeping their
+// instance's verdict; the others are untouched.
+func (c *Checker) SetChecks(def CheckConfig, checks map[string]CheckConfig) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.def, c.checks = def, checks
+	now := time.Now()
+	for name, u := range c.ups {
+		cfg := c.checkOf(name)
+		if reflect.DeepEqual(cfg, u.chk.cfg) {
+			continue
+		}
+		u.chk = compile(cfg)
+		if u.chk.err != nil {
+			c.log.Error("health: check", "upstream", name, "err", u.chk.err)
+		}
+		for id, p := range u.probers {
+			p.stop()
+			u.probers[id] = c.newProber(u, u.chk, p.key, p.address, p.port, now, p)
+		}
+	}
+}
+
+// ReportFailure counts a passive failure (seen by a proxy) against an instance as a failed probe.
+func (c *Checker) ReportFailure(k discovery.Key, err error) {
+	c.mu.RLock()
+	var p *prober
+	if u := c.ups[k.Upstream]; u != nil {
+		p = u.probers[k.ID]
+	}
+	c.mu.RUnlock()
+	if p == nil {
+		return
+	}
+	if err == nil {
+		err = errors.New("passive failure")
+	}
+	p.reportFailure(err)
+}
+
+// markDirty queues p's status for the sink.
+func (c *Checker) markDirty(p *prober) {
+	c.dirtyMu.Lock()
+	if !p.dirty {
+		p.dirty = true
+		c.dirty = append(c.dirty, p)
+	}
+	c.dirtyMu.Unlock()
+	select {
+	case c.dirtySig <- struct{}{}:
+	default:
+	}
+}
+
+// flush hands queued status changes to the sink: one by one, or all at once when there are many.
+func (c *Checker) flush() {
+	c.dirtyMu.Lock()
+	ps := c.dirty
+	c.dirty = nil
+	for _, p := range ps {
+		p.dirty = false
+	}
+	c.dirtyMu.Unlock()
+	if len(ps) == 0 {
+		return
+	}
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if len(ps) > batchStatuses {
+		statuses := make(map[discovery.Key]Status)
+		for _, u := range c.ups {
+			for _, p := range u.probers {
+				statuses[p.key] = p.Status()
+			}
+		}
+		c.sink.SetMembership(c.mem, statuses)
+		return
+	}
+	for _, p := range ps {
+		if u := c.ups[p.key.Upstream]; u != nil && u.probers[p.key.ID] == p {
+			c.sink.SetStatus(p.key, p.Status())
+		}
+	}
+}
+
+// spread returns a random first-probe delay within one interval.
+func spread(d time.Duration) time.Duration {
+	if d <= 0 {
+		return 0
+	}
+	return rand.N(d)
+}
