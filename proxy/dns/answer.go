@@ -34,7 +34,9 @@ func (s *Server) ServeDNS(w mdns.ResponseWriter, r *mdns.Msg) {
 	if b != nil {
 		w.Write(b) //nolint:errcheck // nothing to do about a client gone
 	}
-	*bp = b[:0]
+	if cap(b) == maxTCP { // b is nil when the response went out another way
+		*bp = b[:0]
+	}
 	s.bufs.Put(bp)
 	var qtype uint16
 	if len(r.Question) == 1 {
