@@ -18,6 +18,7 @@ import (
 
 	"github.com/vigil-sidecar/vigil/configs/field"
 	"github.com/vigil-sidecar/vigil/discovery/static"
+	"github.com/vigil-sidecar/vigil/proxy/admin"
 	"github.com/vigil-sidecar/vigil/proxy/dns"
 	"github.com/vigil-sidecar/vigil/proxy/health"
 	"github.com/vigil-sidecar/vigil/proxy/table"
@@ -35,7 +36,7 @@ type Config struct {
 	// Log configures logging.
 	Log Log `yaml:"log"`
 	// Admin configures the admin HTTP server.
-	Admin Admin `yaml:"admin"`
+	Admin admin.Config `yaml:"admin"`
 	// Discovery configures membership persistence.
 	Discovery Discovery `yaml:"discovery"`
 	// Defaults apply to every upstream that does not set its own values.
@@ -62,12 +63,6 @@ type Log struct {
 	Level string `yaml:"level"`
 	// Format is text or json (default text).
 	Format string `yaml:"format"`
-}
-
-// Admin configures the admin HTTP server.
-type Admin struct {
-	// Listen is the address of the admin API, dashboard and /metrics (default 127.0.0.1:9480).
-	Listen string `yaml:"listen"`
 }
 
 // Discovery configures the membership manager.
@@ -107,7 +102,7 @@ func Builtin() Config {
 	return Config{
 		Node:      Node{Datacenter: "dc1"},
 		Log:       Log{Level: "info", Format: "text"},
-		Admin:     Admin{Listen: "127.0.0.1:9480"},
+		Admin:     admin.Config{Listen: "127.0.0.1:9480"},
 		Discovery: Discovery{MaxStateAge: 24 * time.Hour},
 		Defaults:  Defaults{Check: health.DefaultCheck(), Policy: table.DefaultPolicy(), DNS: dns.DefaultUpstream()},
 		DNS:       dns.DefaultConfig(),
@@ -121,35 +116,40 @@ func Parse(data []byte) (*Config, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	var strict Config
+	var decodeErr error
 	if err := dec.Decode(&strict); err != nil && !errors.Is(err, io.EOF) {
-		return nil, yamlError(err)
+		var te *yaml.TypeError
+		if !errors.As(err, &te) {
+			return nil, err // a syntax error: nothing more to say
+		}
+		decodeErr = yamlError(err)
 	}
-	// Pass 2: onto the built-in defaults.
+	// Pass 2: onto the built-in defaults. Type errors were reported by pass 1; the fields
+	// that decode still get validated, so that one run lists every problem.
 	cfg := Builtin()
 	var doc yaml.Node
 	if err := yaml.Unmarshal(data, &doc); err != nil {
-		return nil, yamlError(err)
+		return nil, err
 	}
-	if err := doc.Decode(&cfg); err != nil && doc.Kind != 0 {
-		return nil, yamlError(err)
+	if doc.Kind != 0 {
+		doc.Decode(&cfg)
 	}
 	// Pass 3: each upstream starts from the defaults, then its own fields.
-	if seq := mappingValue(&doc, "upstreams"); seq != nil {
+	if seq := mappingValue(&doc, "upstreams"); seq != nil && seq.Kind == yaml.SequenceNode {
 		cfg.Upstreams = make([]Upstream, len(seq.Content))
 		for i, n := range seq.Content {
 			u := Upstream{Check: cloneCheck(cfg.Defaults.Check), Policy: cfg.Defaults.Policy, DNS: cfg.Defaults.DNS}
-			if err := n.Decode(&u); err != nil {
-				return nil, yamlError(err)
-			}
+			n.Decode(&u)
 			cfg.Upstreams[i] = u
 		}
 	}
-	if err := cfg.Validate(); err != nil {
+	if err := errors.Join(decodeErr, cfg.Validate()); err != nil {
 		return nil, err
 	}
 	return &cfg, nil
 }
 
+// yamlError turns a *yaml.TypeError into one error per problem.
 func yamlError(err error) error {
 	var te *yaml.TypeError
 	if errors.As(err, &te) {
@@ -159,7 +159,7 @@ func yamlError(err error) error {
 		}
 		return errors.Join(errs...)
 	}
-	return fmt.Errorf("yaml: %w", err)
+	return err
 }
 
 // mappingValue returns the value node of key in the document's top-level mapping.
@@ -198,9 +198,7 @@ func (c *Config) Validate() error {
 	if c.Log.Format != "text" && c.Log.Format != "json" {
 		errs.Addf("log.format", "must be text or json, got %q", c.Log.Format)
 	}
-	if err := validListen(c.Admin.Listen); err != nil {
-		errs.Addf("admin.listen", "%v", err)
-	}
+	errs.Add("admin", c.Admin.Validate())
 	if c.Node.Datacenter == "" {
 		errs.Addf("node.datacenter", "must be set")
 	}
@@ -242,20 +240,6 @@ func (c *Config) Validate() error {
 		}
 	}
 	return errs.Err()
-}
-
-func validListen(addr string) error {
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		return fmt.Errorf("%q is not host:port", addr)
-	}
-	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
-		return fmt.Errorf("%q has no valid port", addr)
-	}
-	if host != "" && net.ParseIP(host) == nil {
-		return fmt.Errorf("%q: host must be an IP address", addr)
-	}
-	return nil
 }
 
 // StaticUpstreams returns the upstreams' static lists for discovery/static.

@@ -3,7 +3,9 @@ package static
 
 import (
 	"context"
+	"slices"
 	"strconv"
+	"sync"
 
 	"github.com/vigil-sidecar/vigil/configs/field"
 	"github.com/vigil-sidecar/vigil/discovery"
@@ -48,12 +50,39 @@ type Upstream struct {
 	Instances []Instance
 }
 
-// Discovery sends a fixed list once.
-type Discovery struct{ groups []discovery.Group }
+// Discovery sends a fixed list, and the new list after each Set.
+type Discovery struct {
+	mu      sync.Mutex
+	groups  []discovery.Group
+	updates chan []discovery.Group // the latest change not yet sent
+}
 
 // New returns a Discovery for the given upstreams, applying defaults.
 func New(ups []Upstream) *Discovery {
-	d := &Discovery{}
+	return &Discovery{groups: groups(ups), updates: make(chan []discovery.Group, 1)}
+}
+
+// Set replaces the list (on a configuration reload); removed upstreams are sent as empty groups.
+func (d *Discovery) Set(ups []Upstream) {
+	next := groups(ups)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	change := slices.Clone(next)
+	for _, g := range d.groups {
+		if !slices.ContainsFunc(next, func(n discovery.Group) bool { return n.Source == g.Source }) {
+			change = append(change, discovery.Group{Source: g.Source, Upstream: g.Upstream})
+		}
+	}
+	d.groups = next
+	select { // replace an unsent change: the full new list supersedes it
+	case <-d.updates:
+	default:
+	}
+	d.updates <- change
+}
+
+func groups(ups []Upstream) []discovery.Group {
+	var out []discovery.Group
 	for _, u := range ups {
 		g := discovery.Group{Source: u.Name, Upstream: u.Name}
 		for _, c := range u.Instances {
@@ -69,19 +98,28 @@ func New(ups []Upstream) *Discovery {
 			}
 			g.Instances = append(g.Instances, in)
 		}
-		d.groups = append(d.groups, g)
+		out = append(out, g)
 	}
-	return d
+	return out
 }
 
-// Run sends the list and waits for ctx to end.
+// Run sends the list, then each change, until ctx ends.
 func (d *Discovery) Run(ctx context.Context, up chan<- []discovery.Group) {
-	select {
-	case up <- d.groups:
-	case <-ctx.Done():
-		return
+	d.mu.Lock()
+	gs := d.groups
+	d.mu.Unlock()
+	for {
+		select {
+		case up <- gs:
+		case <-ctx.Done():
+			return
+		}
+		select {
+		case gs = <-d.updates:
+		case <-ctx.Done():
+			return
+		}
 	}
-	<-ctx.Done()
 }
 
 var _ discovery.Discoverer = (*Discovery)(nil)

@@ -82,7 +82,8 @@ func (t *Table) SetMembership(m discovery.Membership, statuses map[discovery.Key
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.mem = m
-	t.statuses = maps.Clone(statuses)
+	t.statuses = make(map[discovery.Key]health.Status, len(statuses))
+	maps.Copy(t.statuses, statuses)
 	t.rebuild(nil)
 }
 

@@ -1,0 +1,114 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/vigil-sidecar/vigil/configs"
+	"github.com/vigil-sidecar/vigil/discovery"
+	"github.com/vigil-sidecar/vigil/discovery/static"
+	"github.com/vigil-sidecar/vigil/proxy/admin"
+	"github.com/vigil-sidecar/vigil/proxy/health"
+	"github.com/vigil-sidecar/vigil/proxy/table"
+)
+
+// app is one running vigil: every part wired together.
+type app struct {
+	cfg     *configs.Config
+	log     *slog.Logger
+	reg     *prometheus.Registry
+	table   *table.Table
+	static  *static.Discovery
+	manager *discovery.Manager
+	checker *health.Checker
+	admin   *admin.Server
+
+	demo   bool                            // serve demo instances too
+	reload func() (*configs.Config, error) // reads the configuration again on SIGHUP
+	hup    <-chan os.Signal
+	// onAdmin, if set, receives the admin server's bound address.
+	onAdmin func(net.Addr)
+}
+
+func newApp(cfg *configs.Config, log *slog.Logger) (*app, error) {
+	if cfg.Node.Name == "" {
+		cfg.Node.Name, _ = os.Hostname()
+	}
+	a := &app{cfg: cfg, log: log, reg: prometheus.NewRegistry()}
+	a.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	a.table = table.New(cfg.TableConfig())
+	if err := a.table.Register(a.reg); err != nil {
+		return nil, fmt.Errorf("table metrics: %w", err)
+	}
+	a.manager = discovery.NewManager(discovery.ManagerOptions{
+		StateFile: cfg.Discovery.StateFile, MaxStateAge: cfg.Discovery.MaxStateAge, Logger: log,
+	})
+	a.static = static.New(cfg.StaticUpstreams())
+	a.manager.Register("static", a.static)
+	var err error
+	a.checker, err = health.NewChecker(health.Options{
+		Default:    cfg.Defaults.Check,
+		Checks:     cfg.Checks(),
+		Sink:       a.table,
+		Members:    a.manager.SyncCh(),
+		Registerer: a.reg,
+		Logger:     log,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("health: %w", err)
+	}
+	a.admin = admin.New(cfg.Admin, a.table, a.reg, log)
+	return a, nil
+}
+
+// Run runs every part until ctx ends; the first part to fail stops the others.
+func (a *app) Run(ctx context.Context) error {
+	g, ctx := errgroup.WithContext(ctx)
+	if a.demo {
+		d := newDemo(a.cfg, a.log)
+		if err := d.listen(); err != nil {
+			return err
+		}
+		g.Go(func() error { return d.Run(ctx) })
+	}
+	a.admin.OnListen = a.onAdmin
+	g.Go(func() error { return a.manager.Run(ctx) })
+	g.Go(func() error { return a.checker.Run(ctx) })
+	g.Go(func() error { return a.admin.Run(ctx) })
+	g.Go(func() error { a.watchReload(ctx); return nil })
+	return g.Wait()
+}
+
+// watchReload applies a new configuration on each SIGHUP; a bad one is logged and the old kept.
+func (a *app) watchReload(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.hup:
+		}
+		cfg, err := a.reload()
+		if err != nil {
+			a.log.Error("vigil: reload refused, keeping the running configuration", "err", err)
+			continue
+		}
+		a.apply(cfg)
+	}
+}
+
+// apply switches the running parts to cfg (listen addresses and logging need a restart).
+func (a *app) apply(cfg *configs.Config) {
+	cfg.Node.Name = a.cfg.Node.Name
+	a.table.SetConfig(cfg.TableConfig())
+	a.checker.SetChecks(cfg.Defaults.Check, cfg.Checks())
+	a.static.Set(cfg.StaticUpstreams())
+	a.cfg = cfg
+	a.log.Info("vigil: configuration reloaded", "upstreams", len(cfg.Upstreams))
+}

@@ -1,0 +1,190 @@
+package discovery_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/vigil-sidecar/vigil/discovery"
+	"github.com/vigil-sidecar/vigil/discovery/static"
+	"github.com/vigil-sidecar/vigil/testutil"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// chanDiscoverer sends whatever the test puts on its channel.
+type chanDiscoverer chan []discovery.Group
+
+func (c chanDiscoverer) Run(ctx context.Context, up chan<- []discovery.Group) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case gs := <-c:
+			select {
+			case up <- gs:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}
+}
+
+func next(t *testing.T, m *discovery.Manager, cond func(discovery.Membership) bool) discovery.Membership {
+	t.Helper()
+	timeout := time.After(5 * time.Second)
+	for {
+		select {
+		case mem := <-m.SyncCh():
+			if cond(mem) {
+				return mem
+			}
+		case <-timeout:
+			t.Fatal("no membership matching the condition")
+		}
+	}
+}
+
+func ids(u *discovery.Upstream) []string {
+	if u == nil {
+		return nil
+	}
+	var out []string
+	for _, in := range u.Instances {
+		out = append(out, in.ID)
+	}
+	return out
+}
+
+func TestMergeAndRemove(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	a, b := make(chanDiscoverer), make(chanDiscoverer)
+	m := discovery.NewManager(discovery.ManagerOptions{})
+	m.Register("a", a)
+	m.Register("b", b)
+	done := make(chan error)
+	go func() { done <- m.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	a <- []discovery.Group{{Source: "api", Upstream: "api", Instances: []discovery.Instance{{ID: "2"}, {ID: "1"}}}}
+	mem := next(t, m, func(m discovery.Membership) bool { return len(ids(m.Upstreams["api"])) == 2 })
+	if mem.Ready {
+		t.Error("ready before every discoverer sent its first set")
+	}
+	if got := ids(mem.Upstreams["api"]); got[0] != "1" || got[1] != "2" {
+		t.Errorf("instances not sorted by ID: %v", got)
+	}
+	synced := time.Now().Add(-time.Minute)
+	b <- []discovery.Group{{Source: "api", Upstream: "api", Synced: synced, Instances: []discovery.Instance{{ID: "2"}, {ID: "3"}}}}
+	mem = next(t, m, func(m discovery.Membership) bool { return m.Ready })
+	if got := ids(mem.Upstreams["api"]); len(got) != 3 {
+		t.Errorf("merged instances = %v, want 1 2 3 (no duplicate)", got)
+	}
+	if !mem.Upstreams["api"].Synced.Equal(synced) {
+		t.Errorf("synced = %v, want %v", mem.Upstreams["api"].Synced, synced)
+	}
+	a <- []discovery.Group{{Source: "api", Upstream: "api"}} // empty: a's instances leave
+	mem = next(t, m, func(m discovery.Membership) bool { return len(ids(m.Upstreams["api"])) == 2 })
+	if got := ids(mem.Upstreams["api"]); got[0] != "2" || got[1] != "3" {
+		t.Errorf("after removal = %v, want 2 3", got)
+	}
+}
+
+func TestPersistedMembershipStandsIn(t *testing.T) {
+	state := filepath.Join(t.TempDir(), "membership.json")
+	ctx, cancel := context.WithCancel(context.Background())
+	src := make(chanDiscoverer)
+	m := discovery.NewManager(discovery.ManagerOptions{StateFile: state})
+	m.Register("consul", src)
+	done := make(chan error)
+	go func() { done <- m.Run(ctx) }()
+	src <- []discovery.Group{{Source: "api/dc1", Upstream: "api", Instances: []discovery.Instance{{ID: "1", Address: "127.0.0.1", Port: 80}}}}
+	next(t, m, func(m discovery.Membership) bool { return m.Ready })
+	// The manager persists after publishing: wait for the file.
+	testutil.Eventually(t, 5*time.Second, 10*time.Millisecond, func() bool {
+		b, err := os.ReadFile(state)
+		return err == nil && len(b) > 0
+	}, "membership persisted")
+	cancel()
+	<-done
+
+	// Restart with a source that never answers (Consul down): the persisted state serves.
+	ctx, cancel = context.WithCancel(context.Background())
+	defer cancel()
+	silent := make(chanDiscoverer)
+	m = discovery.NewManager(discovery.ManagerOptions{StateFile: state, MaxStateAge: time.Hour})
+	m.Register("consul", silent)
+	done = make(chan error)
+	go func() { done <- m.Run(ctx) }()
+	mem := next(t, m, func(m discovery.Membership) bool { return len(ids(m.Upstreams["api"])) == 1 })
+	if mem.Upstreams["api"].Instances[0].Address != "127.0.0.1" {
+		t.Errorf("persisted instance lost its address: %+v", mem.Upstreams["api"].Instances[0])
+	}
+	// The source's first full set replaces the persisted state.
+	silent <- []discovery.Group{{Source: "web/dc1", Upstream: "web", Instances: []discovery.Instance{{ID: "9"}}}}
+	mem = next(t, m, func(m discovery.Membership) bool { return m.Ready })
+	if mem.Upstreams["api"] != nil || len(ids(mem.Upstreams["web"])) != 1 {
+		t.Errorf("after the first full set: %v", mem.Names())
+	}
+	cancel()
+	<-done
+}
+
+func TestStaleStateIgnored(t *testing.T) {
+	state := filepath.Join(t.TempDir(), "membership.json")
+	os.WriteFile(state, []byte(`{"saved":"2000-01-01T00:00:00Z","groups":[{"source":"consul/api","upstream":"api","instances":[{"id":"1"}]}]}`), 0o600)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	m := discovery.NewManager(discovery.ManagerOptions{StateFile: state, MaxStateAge: time.Hour})
+	m.Register("consul", make(chanDiscoverer))
+	done := make(chan error)
+	go func() { done <- m.Run(ctx) }()
+	mem := next(t, m, func(discovery.Membership) bool { return true })
+	if len(mem.Upstreams) != 0 {
+		t.Errorf("a state older than max age was used: %v", mem.Names())
+	}
+	cancel()
+	<-done
+}
+
+func TestStaticReload(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	s := static.New([]static.Upstream{{Name: "a", Instances: []static.Instance{{Address: "127.0.0.1", Port: 1}}}})
+	m := discovery.NewManager(discovery.ManagerOptions{})
+	m.Register("static", s)
+	done := make(chan error)
+	go func() { done <- m.Run(ctx) }()
+	mem := next(t, m, func(m discovery.Membership) bool { return m.Ready })
+	in := mem.Upstreams["a"].Instances[0]
+	if in.ID != "127.0.0.1:1" || in.Weight != 1 {
+		t.Errorf("static defaults: id %q weight %d, want 127.0.0.1:1 and 1", in.ID, in.Weight)
+	}
+	s.Set([]static.Upstream{{Name: "b", Instances: []static.Instance{{Address: "127.0.0.1", Port: 2}}}})
+	mem = next(t, m, func(m discovery.Membership) bool { return m.Upstreams["b"] != nil })
+	if mem.Upstreams["a"] != nil {
+		t.Error("removed upstream a still present after reload")
+	}
+	cancel()
+	<-done
+}
+
+func TestWriteFileAtomic(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "f")
+	for _, s := range []string{"one", "two"} {
+		if err := discovery.WriteFileAtomic(p, []byte(s)); err != nil {
+			t.Fatal(err)
+		}
+		if b, _ := os.ReadFile(p); string(b) != s {
+			t.Errorf("content %q, want %q", b, s)
+		}
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 1 {
+		t.Errorf("temporary files left behind: %d entries", len(entries))
+	}
+}

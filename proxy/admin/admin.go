@@ -1,0 +1,158 @@
+// Package admin serves vigil's admin HTTP API: health, readiness, metrics and the endpoint table as JSON.
+package admin
+
+import (
+	"context"
+	_ "embed"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/vigil-sidecar/vigil/configs/field"
+	"github.com/vigil-sidecar/vigil/proxy/table"
+)
+
+//go:embed dashboard.html
+var dashboard []byte
+
+// Config configures the admin server.
+type Config struct {
+	// Listen is the address of the admin API, dashboard and /metrics (default 127.0.0.1:9480).
+	Listen string `yaml:"listen"`
+}
+
+// Validate checks c.
+func (c *Config) Validate() error {
+	host, port, err := net.SplitHostPort(c.Listen)
+	if err != nil {
+		return field.Errorf("listen", "%q is not host:port", c.Listen)
+	}
+	if _, err := net.LookupPort("tcp", port); err != nil {
+		return field.Errorf("listen", "%q has no valid port", c.Listen)
+	}
+	if host != "" && net.ParseIP(host) == nil {
+		return field.Errorf("listen", "%q: host must be an IP address", c.Listen)
+	}
+	return nil
+}
+
+// Snapshotter gives the current endpoint table snapshot.
+type Snapshotter interface{ Snapshot() *table.Snapshot }
+
+// Server is the admin HTTP server.
+type Server struct {
+	cfg     Config
+	table   Snapshotter
+	gather  prometheus.Gatherer
+	log     *slog.Logger
+	handler http.Handler
+	// OnListen, if set, is called with the bound address before serving (tests listen on :0).
+	OnListen func(net.Addr)
+}
+
+// New returns a Server that reads t and exposes the metrics of g.
+func New(cfg Config, t Snapshotter, g prometheus.Gatherer, log *slog.Logger) *Server {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &Server{cfg: cfg, table: t, gather: g, log: log}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		w.Header().Set("Content-Security-Policy", "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'")
+		w.Write(dashboard)
+	})
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("GET /readyz", s.readyz)
+	mux.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelError)}))
+	mux.HandleFunc("GET /v1/upstreams", s.upstreams)
+	mux.HandleFunc("GET /v1/upstreams/{name}", s.upstream)
+	s.handler = mux
+	return s
+}
+
+// Handler returns the server's HTTP handler.
+func (s *Server) Handler() http.Handler { return s.handler }
+
+// Run listens and serves until ctx ends, then shuts down within a second.
+func (s *Server) Run(ctx context.Context) error {
+	l, err := net.Listen("tcp", s.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("admin: listen %s: %w", s.cfg.Listen, err)
+	}
+	if s.OnListen != nil {
+		s.OnListen(l.Addr())
+	}
+	srv := &http.Server{Handler: s.handler, ReadHeaderTimeout: 5 * time.Second,
+		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(l) }()
+	s.log.Info("admin: serving", "addr", l.Addr().String())
+	select {
+	case err := <-errc:
+		return fmt.Errorf("admin: serve: %w", err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		srv.Close()
+	}
+	if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("admin: serve: %w", err)
+	}
+	return nil
+}
+
+func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
+	snap := s.table.Snapshot()
+	if snap.Ready {
+		fmt.Fprintln(w, "ready")
+		return
+	}
+	waiting := 0
+	for _, u := range snap.Upstreams {
+		for i := range u.Instances {
+			if u.Instances[i].State == table.Unknown {
+				waiting++
+			}
+		}
+	}
+	w.WriteHeader(http.StatusServiceUnavailable)
+	fmt.Fprintf(w, "not ready: %d instances awaiting their first probe, or discovery not synced\n", waiting)
+}
+
+func (s *Server) upstreams(w http.ResponseWriter, _ *http.Request) {
+	snap := s.table.Snapshot()
+	now := time.Now()
+	out := Table{Version: snap.Version, Ready: snap.Ready, Upstreams: make([]Upstream, 0, len(snap.Names))}
+	for _, name := range snap.Names {
+		out.Upstreams = append(out.Upstreams, upstreamJSON(snap.Upstreams[name], now))
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) upstream(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	u := s.table.Snapshot().Lookup(name)
+	if u == nil {
+		writeJSON(w, http.StatusNotFound, map[string]string{"error": fmt.Sprintf("no upstream %q", name)})
+		return
+	}
+	writeJSON(w, http.StatusOK, upstreamJSON(u, time.Now()))
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
