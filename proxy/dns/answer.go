@@ -345,7 +345,7 @@ func (s *Server) appendAddr(b []byte, ip netip.Addr, qtype uint16) ([]byte, uint
 	}
 	raw := ip.AsSlice()
 	b = append(b, 0xc0, qnameOff)
-	b = rrHeader(b, typ, s.cfg.ttlFor(""), len(raw))
+	b = rrHeader(b, typ, s.idx.Load().ttls.of(""), len(raw))
 	return append(b, raw...), 1
 }
 

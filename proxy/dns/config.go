@@ -142,11 +142,17 @@ func checkDomain(d string) error {
 	return nil
 }
 
-// ttlFor returns the TTL of upstream name in seconds.
-func (c *Config) ttlFor(name string) uint32 {
-	d, ok := c.TTLs[name]
+// ttls are the answer TTLs in force; replaced whole by SetTTLs.
+type ttls struct {
+	def time.Duration
+	per map[string]time.Duration
+}
+
+// of returns the TTL of upstream name in seconds.
+func (t *ttls) of(name string) uint32 {
+	d, ok := t.per[name]
 	if !ok {
-		d = c.TTL
+		d = t.def
 	}
 	return uint32(d / time.Second)
 }

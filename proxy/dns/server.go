@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"runtime"
@@ -34,6 +35,8 @@ type Server struct {
 	negTTL   uint32
 
 	idx   atomic.Pointer[index]
+	ttls  atomic.Pointer[ttls]
+	kick  chan struct{} // SetTTLs asks Run for a new index
 	bufs  sync.Pool // *[]byte of maxTCP bytes
 	ready chan struct{}
 	addr  atomic.Pointer[string]
@@ -69,7 +72,9 @@ func New(cfg Config, t *table.Table, reg prometheus.Registerer, log *slog.Logger
 		localDC: strings.ToLower(cfg.Datacenter),
 		negTTL:  uint32(cfg.NegativeTTL / time.Second),
 		ready:   make(chan struct{}),
+		kick:    make(chan struct{}, 1),
 	}
+	s.ttls.Store(&ttls{def: cfg.TTL, per: maps.Clone(cfg.TTLs)})
 	for _, d := range []string{cfg.Domain, cfg.AltDomain} {
 		if d != "" {
 			d = strings.ToLower(mdns.Fqdn(d))
@@ -81,8 +86,18 @@ func New(cfg Config, t *table.Table, reg prometheus.Registerer, log *slog.Logger
 		s.allow = append(s.allow, netip.MustParsePrefix(p).Masked()) // validated above
 	}
 	s.bufs.New = func() any { b := make([]byte, 0, maxTCP); return &b }
-	s.idx.Store(s.buildIndex(t.Snapshot(), nil))
+	s.idx.Store(s.buildIndex(t.Snapshot(), s.ttls.Load(), nil))
 	return s, nil
+}
+
+// SetTTLs replaces the answer TTLs (on a configuration reload): def for upstreams not in
+// per. Running servers answer with them once Run has rebuilt its index, at once.
+func (s *Server) SetTTLs(def time.Duration, per map[string]time.Duration) {
+	s.ttls.Store(&ttls{def: def, per: maps.Clone(per)})
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
 }
 
 // Ready is closed once Run listens on UDP and TCP.
@@ -136,6 +151,8 @@ func (s *Server) Run(ctx context.Context) error {
 			return shutdown(runs, done)
 		case <-changed:
 			s.refresh()
+		case <-s.kick:
+			s.refresh()
 		case st := <-done:
 			st.run.finished, failed = true, st.err
 		}
@@ -146,12 +163,12 @@ func (s *Server) Run(ctx context.Context) error {
 
 // refresh publishes an index of the table's current snapshot.
 func (s *Server) refresh() {
-	snap := s.table.Snapshot()
+	snap, t := s.table.Snapshot(), s.ttls.Load()
 	prev := s.idx.Load()
-	if prev != nil && prev.version == snap.Version {
+	if prev.version == snap.Version && prev.ttls == t {
 		return
 	}
-	s.idx.Store(s.buildIndex(snap, prev))
+	s.idx.Store(s.buildIndex(snap, t, prev))
 	s.m.rebuilds.Inc()
 }
 

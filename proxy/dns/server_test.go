@@ -308,3 +308,18 @@ func TestFollowsTable(t *testing.T) {
 	tb.SetStatus(discovery.Key{Upstream: "web", ID: "w1"}, health.Status{State: health.Healthy})
 	testutil.Eventually(t, 2*time.Second, 5*time.Millisecond, func() bool { return has("127.0.0.11") }, "w1 not answered after it recovered")
 }
+
+func TestSetTTLs(t *testing.T) {
+	s, _ := serve(t, dns.DefaultConfig(), newTable(table.Config{}, basic()))
+	s.SetTTLs(30*time.Second, map[string]time.Duration{"web": time.Minute})
+	ttl := func(name string) uint32 {
+		r := ask(t, "udp", s.Addr(), name, mdns.TypeA)
+		if len(r.Answer) == 0 {
+			t.Fatalf("%s: no answer", name)
+		}
+		return r.Answer[0].Header().Ttl
+	}
+	testutil.Eventually(t, 2*time.Second, 5*time.Millisecond, func() bool {
+		return ttl("web.service.consul.") == 60 && ttl("far.service.consul.") == 30
+	}, "TTLs not applied")
+}
