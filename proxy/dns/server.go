@@ -37,7 +37,7 @@ type Server struct {
 	idx   atomic.Pointer[index]
 	ttls  atomic.Pointer[ttls]
 	kick  chan struct{} // SetTTLs asks Run for a new index
-	bufs  sync.Pool // *[]byte of maxTCP bytes
+	bufs  sync.Pool     // *[]byte of maxTCP bytes
 	ready chan struct{}
 	addr  atomic.Pointer[string]
 }
