@@ -42,11 +42,7 @@ func (s *Server) ServeDNS(w mdns.ResponseWriter, r *mdns.Msg) {
 	if len(r.Question) == 1 {
 		qtype = r.Question[0].Qtype
 	}
-	s.m.count(qtype, rcode)
-	if tc {
-		s.m.truncated.Inc()
-	}
-	s.m.latency.Observe(time.Since(start).Seconds())
+	s.observe(start, qtype, rcode, tc)
 }
 
 // query is a parsed question name inside one of vigil's domains.
@@ -91,51 +87,92 @@ func (s *Server) respond(b []byte, w mdns.ResponseWriter, r *mdns.Msg, tcp bool)
 		return s.fail(b, r, mdns.RcodeRefused), mdns.RcodeRefused, false
 	}
 
-	size := mdns.MinMsgSize
+	req := request{
+		id: r.Id, opcode: r.Opcode, rd: r.RecursionDesired, cd: r.CheckingDisabled,
+		name: q.Name, qtype: q.Qtype, size: mdns.MinMsgSize,
+		ra: len(s.cfg.Recursors) > 0 && s.allowed(w.RemoteAddr()),
+	}
 	switch {
 	case tcp:
-		size = maxTCP
+		req.size = maxTCP
 	case opt != nil:
-		size = min(max(int(opt.UDPSize()), mdns.MinMsgSize), maxUDP)
+		req.size = min(max(int(opt.UDPSize()), mdns.MinMsgSize), maxUDP)
 	}
 	if opt != nil {
-		size -= 11 // room for our OPT record
+		req.edns, req.do = true, opt.Do()
 	}
-	flags := uint16(flagQR|flagAA) | uint16(r.Opcode)<<11&0x7800
-	if r.RecursionDesired {
-		flags |= flagRD
-	}
-	if r.CheckingDisabled {
-		flags |= flagCD
-	}
-	if len(s.cfg.Recursors) > 0 && s.allowed(w.RemoteAddr()) {
-		flags |= flagRA
-	}
-	b, err := appendHeader(b, r.Id, flags, q)
+	b, rcode, tc, err := s.answer(b, &req, &pq)
 	if err != nil { // an unpackable name cannot come from Unpack, but never panic
 		return s.fail(b[:0], r, mdns.RcodeFormatError), mdns.RcodeFormatError, false
 	}
+	return b, rcode, tc
+}
+
+// request is what answer needs of a query, from a dns.Msg or straight from the wire.
+type request struct {
+	id     uint16
+	opcode int
+	rd, cd bool
+	ra     bool   // recursion available to this client
+	name   string // the question name as sent, in text form (when wire is nil)
+	wire   []byte // the question name as sent, in wire form
+	qtype  uint16
+	size   int // the most bytes the response may have
+	edns   bool
+	do     bool
+}
+
+// answer builds the response to a question for a name in one of vigil's domains.
+func (s *Server) answer(b []byte, r *request, pq *query) ([]byte, int, bool, error) {
+	size := r.size
+	if r.edns {
+		size -= 11 // room for our OPT record
+	}
+	flags := uint16(flagQR|flagAA) | uint16(r.opcode)<<11&0x7800
+	if r.rd {
+		flags |= flagRD
+	}
+	if r.cd {
+		flags |= flagCD
+	}
+	if r.ra {
+		flags |= flagRA
+	}
+	b = binary.BigEndian.AppendUint16(b, r.id)
+	b = binary.BigEndian.AppendUint16(b, flags)
+	b = append(b, 0, 1, 0, 0, 0, 0, 0, 0)
+	if r.wire != nil {
+		b = append(b, r.wire...)
+	} else {
+		off, err := mdns.PackDomainName(r.name, b[:cap(b)], len(b), nil, false)
+		if err != nil {
+			return b, 0, false, err
+		}
+		b = b[:off]
+	}
+	b = binary.BigEndian.AppendUint16(b, r.qtype)
+	b = binary.BigEndian.AppendUint16(b, mdns.ClassINET)
 	domOff := s.domainOffset(b, pq.dom)
 
 	var an, ns, ar uint16
 	rcode, tc := mdns.RcodeSuccess, false
 	switch pq.kind {
 	case kindApex:
-		if q.Qtype == mdns.TypeSOA || q.Qtype == mdns.TypeANY {
+		if r.qtype == mdns.TypeSOA || r.qtype == mdns.TypeANY {
 			b, an = s.appendSOA(b, domOff, qnameOff), 1
 		}
 	case kindService:
-		b, an, ar, rcode, tc = s.appendService(b, &pq, q.Qtype, size)
+		b, an, ar, rcode, tc = s.appendService(b, pq, r.qtype, size)
 	case kindAddr:
-		b, an = s.appendAddr(b, pq.ip, q.Qtype)
+		b, an = s.appendAddr(b, pq.ip, r.qtype)
 	default:
 		rcode = mdns.RcodeNameError
 	}
 	if an == 0 {
 		b, ns = s.appendSOA(b, domOff, domOff), 1
 	}
-	if opt != nil {
-		b = appendOPT(b, opt)
+	if r.edns {
+		b = appendOPT(b, r.do)
 		ar++
 	}
 	if tc {
@@ -145,7 +182,7 @@ func (s *Server) respond(b []byte, w mdns.ResponseWriter, r *mdns.Msg, tcp bool)
 	binary.BigEndian.PutUint16(b[6:], an)
 	binary.BigEndian.PutUint16(b[8:], ns)
 	binary.BigEndian.PutUint16(b[10:], ar)
-	return b, rcode, tc
+	return b, rcode, tc, nil
 }
 
 // parse splits a lowercase question name; ok is false outside vigil's domains.
@@ -369,12 +406,12 @@ func (s *Server) appendSOA(b []byte, domOff, owner int) []byte {
 }
 
 // appendOPT appends our OPT record: our UDP size, the client's DO bit, no options.
-func appendOPT(b []byte, req *mdns.OPT) []byte {
+func appendOPT(b []byte, do bool) []byte {
 	b = append(b, 0) // root
 	b = binary.BigEndian.AppendUint16(b, mdns.TypeOPT)
 	b = binary.BigEndian.AppendUint16(b, maxUDP)
 	var ttl uint32
-	if req.Do() {
+	if do {
 		ttl |= 1 << 15
 	}
 	b = binary.BigEndian.AppendUint32(b, ttl)
@@ -424,7 +461,7 @@ func (s *Server) fail(b []byte, r *mdns.Msg, rcode int) []byte {
 		}
 	}
 	if opt := r.IsEdns0(); opt != nil {
-		b = appendOPT(b, opt)
+		b = appendOPT(b, opt.Do())
 		if rcode > 0xf { // extended rcode, e.g. BADVERS
 			b[len(b)-6] = byte(rcode >> 4)
 		}

@@ -18,6 +18,11 @@ func (s *Server) allowed(addr net.Addr) bool {
 	default:
 		return false
 	}
+	return s.allowedIP(ip)
+}
+
+// allowedIP reports whether a client at ip may use the recursors.
+func (s *Server) allowedIP(ip netip.Addr) bool {
 	ip = ip.Unmap()
 	for _, p := range s.allow {
 		if p.Contains(ip) {

@@ -76,9 +76,13 @@ func FuzzServeDNS(f *testing.F) {
 		f.Fatal(err)
 	}
 	f.Fuzz(func(t *testing.T, data []byte, tcp bool) {
+		fast, fastOK := s.AnswerWire(data)
 		var req mdns.Msg
 		if req.Unpack(data) != nil {
-			return // miekg/dns answers FORMERR before the handler (TestMalformed)
+			if fastOK {
+				t.Fatalf("the UDP fast path answered a message miekg/dns cannot unpack")
+			}
+			return // FORMERR before the handler (TestMalformed)
 		}
 		w := &recorder{remote: &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 5353}}
 		limit := 512
@@ -100,6 +104,19 @@ func FuzzServeDNS(f *testing.F) {
 		}
 		if len(w.out[0]) > limit {
 			t.Fatalf("response of %d bytes over the limit %d", len(w.out[0]), limit)
+		}
+		if !fastOK || tcp {
+			return
+		}
+		// The UDP fast path must answer as ServeDNS does (but for the shuffled order).
+		var fr mdns.Msg
+		if err := fr.Unpack(fast); err != nil {
+			t.Fatalf("fast path response does not parse: %v\nrequest: %v", err, &req)
+		}
+		if len(fast) > limit || fr.Id != resp.Id || fr.Rcode != resp.Rcode || fr.Truncated != resp.Truncated ||
+			len(fr.Answer) != len(resp.Answer) || len(fr.Ns) != len(resp.Ns) || len(fr.Extra) != len(resp.Extra) ||
+			fr.Question[0] != resp.Question[0] || fr.MsgHdr != resp.MsgHdr {
+			t.Fatalf("fast path answered\n%v\nServeDNS answered\n%v", &fr, &resp)
 		}
 	})
 }

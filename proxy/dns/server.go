@@ -123,9 +123,11 @@ func (s *Server) Run(ctx context.Context) error {
 		return err
 	}
 	done := make(chan stopped, len(pcs)+1)
+	var slow sync.WaitGroup // UDP queries off the fast path
+	defer slow.Wait()
 	var runs []*serverRun
 	for _, pc := range pcs {
-		runs = append(runs, s.start(&mdns.Server{PacketConn: pc, UDPSize: maxUDP}, done))
+		runs = append(runs, s.startUDP(pc, &slow, done))
 	}
 	runs = append(runs, s.start(&mdns.Server{Listener: l}, done))
 	var failed error
@@ -172,8 +174,9 @@ func (s *Server) refresh() {
 	s.m.rebuilds.Inc()
 }
 
+// serverRun is one serving goroutine: a UDP socket's loop, or the TCP miekg/dns server.
 type serverRun struct {
-	srv      *mdns.Server
+	stop     func(context.Context) error
 	started  chan struct{}
 	finished bool
 }
@@ -184,7 +187,7 @@ type stopped struct {
 }
 
 func (s *Server) start(srv *mdns.Server, done chan<- stopped) *serverRun {
-	r := &serverRun{srv: srv, started: make(chan struct{})}
+	r := &serverRun{stop: srv.ShutdownContext, started: make(chan struct{})}
 	srv.Handler = s
 	srv.MsgAcceptFunc = accept
 	srv.NotifyStartedFunc = func() { close(r.started) }
@@ -192,6 +195,19 @@ func (s *Server) start(srv *mdns.Server, done chan<- stopped) *serverRun {
 		err := srv.ActivateAndServe()
 		if err == nil {
 			err = errors.New("server stopped")
+		}
+		done <- stopped{r, err}
+	}()
+	return r
+}
+
+func (s *Server) startUDP(pc *net.UDPConn, slow *sync.WaitGroup, done chan<- stopped) *serverRun {
+	r := &serverRun{stop: func(context.Context) error { return pc.Close() }, started: make(chan struct{})}
+	close(r.started)
+	go func() {
+		err := s.serveUDP(pc, slow)
+		if err == nil {
+			err = errors.New("udp socket closed")
 		}
 		done <- stopped{r, err}
 	}()
@@ -209,7 +225,7 @@ func shutdown(runs []*serverRun, done <-chan stopped) error {
 			continue
 		}
 		pending++
-		if err := r.srv.ShutdownContext(ctx); err != nil {
+		if err := r.stop(ctx); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -233,7 +249,7 @@ func accept(h mdns.Header) mdns.MsgAcceptAction {
 }
 
 // listen binds n UDP sockets (SO_REUSEPORT where available) and one TCP listener on the same port.
-func listen(addr string, n int) ([]net.PacketConn, net.Listener, error) {
+func listen(addr string, n int) ([]*net.UDPConn, net.Listener, error) {
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
 		return nil, nil, fmt.Errorf("dns: listen %s: %w", addr, err)
@@ -248,7 +264,7 @@ func listen(addr string, n int) ([]net.PacketConn, net.Listener, error) {
 			return nil, nil, fmt.Errorf("dns: listen %s: %w", addr, err)
 		}
 		bound := net.JoinHostPort(host, fmt.Sprint(l.Addr().(*net.TCPAddr).Port))
-		var pcs []net.PacketConn
+		var pcs []*net.UDPConn
 		for len(pcs) < n {
 			pc, err := lc.ListenPacket(context.Background(), "udp", bound)
 			if err != nil {
@@ -262,7 +278,7 @@ func listen(addr string, n int) ([]net.PacketConn, net.Listener, error) {
 				}
 				return nil, nil, fmt.Errorf("dns: listen udp %s: %w", bound, err)
 			}
-			pcs = append(pcs, pc)
+			pcs = append(pcs, pc.(*net.UDPConn))
 		}
 		if len(pcs) == n {
 			return pcs, l, nil

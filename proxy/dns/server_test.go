@@ -173,7 +173,7 @@ func TestNegative(t *testing.T) {
 func many(n int, mods ...func(*discovery.Instance)) []inst {
 	var out []inst
 	for i := range n {
-		out = append(out, up("i"+itoa(i), "127.0.1."+itoa(i+1), 10000+i, health.Healthy, mods...))
+		out = append(out, up("i"+itoa(i), "127.0."+itoa(1+i/250)+"."+itoa(1+i%250), 10000+i, health.Healthy, mods...))
 	}
 	return out
 }
