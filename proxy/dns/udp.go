@@ -45,7 +45,7 @@ func (s *Server) serveUDP(pc *net.UDPConn, slow *sync.WaitGroup) error {
 		}
 		req.ra = len(s.cfg.Recursors) > 0 && s.allowedIP(from.Addr())
 		b, rcode, tc, _ := s.answer(out[:0], &req, &pq) // the name came from the wire: it packs
-		pc.WriteToUDPAddrPort(b, from)                   //nolint:errcheck // nothing to do about a client gone
+		pc.WriteToUDPAddrPort(b, from)                  //nolint:errcheck // nothing to do about a client gone
 		s.observe(start, req.qtype, rcode, tc)
 	}
 }
