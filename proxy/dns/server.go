@@ -22,7 +22,10 @@ import (
 	"github.com/vigil-sidecar/vigil/proxy/table"
 )
 
-// Server is the DNS frontend. It implements miekg/dns's Handler; Run serves it on UDP and TCP.
+// Server is the DNS frontend. Run serves it on UDP, with one read loop per SO_REUSEPORT socket
+// that answers plain queries straight from the wire (udp.go), and on TCP with a miekg/dns
+// Server; both end in the same answer code. Server is also a miekg/dns Handler (ServeDNS), which
+// TCP and the UDP queries off the fast path go through.
 type Server struct {
 	cfg      Config
 	table    *table.Table
