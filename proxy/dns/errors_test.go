@@ -72,31 +72,41 @@ func TestBadQueries(t *testing.T) {
 // and the server keeps answering.
 func TestMalformed(t *testing.T) {
 	s, _ := serve(t, dns.DefaultConfig(), newTable(table.Config{}, basic()))
-	conn, err := net.Dial("udp", s.Addr())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
 	// A header claiming one question, then garbage.
 	bad := []byte{0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff}
-	if _, err := conn.Write(bad); err != nil {
-		t.Fatal(err)
-	}
-	conn.SetReadDeadline(time.Now().Add(3 * time.Second))
-	buf := make([]byte, 512)
-	n, err := conn.Read(buf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var r mdns.Msg
-	if err := r.Unpack(buf[:n]); err != nil {
-		t.Fatalf("reply does not parse: %v", err)
-	}
-	if r.Id != 0x1234 || r.Rcode != mdns.RcodeFormatError {
-		t.Errorf("got id %x rcode %s, want 1234 FORMERR", r.Id, mdns.RcodeToString[r.Rcode])
-	}
 	for _, nt := range nets {
-		wantRcode(t, ask(t, nt, s.Addr(), "web.service.consul.", mdns.TypeA), 0)
+		t.Run(nt, func(t *testing.T) {
+			conn, err := net.Dial(nt, s.Addr())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			msg := bad
+			if nt == "tcp" {
+				msg = append([]byte{0, byte(len(bad))}, bad...)
+			}
+			if _, err := conn.Write(msg); err != nil {
+				t.Fatal(err)
+			}
+			conn.SetReadDeadline(time.Now().Add(3 * time.Second))
+			buf := make([]byte, 512)
+			n, err := conn.Read(buf)
+			if err != nil {
+				t.Fatal(err)
+			}
+			reply := buf[:n]
+			if nt == "tcp" {
+				reply = reply[2:]
+			}
+			var r mdns.Msg
+			if err := r.Unpack(reply); err != nil {
+				t.Fatalf("reply does not parse: %v", err)
+			}
+			if r.Id != 0x1234 || r.Rcode != mdns.RcodeFormatError {
+				t.Errorf("got id %x rcode %s, want 1234 FORMERR", r.Id, mdns.RcodeToString[r.Rcode])
+			}
+			wantRcode(t, ask(t, nt, s.Addr(), "web.service.consul.", mdns.TypeA), 0)
+		})
 	}
 }
 
