@@ -172,6 +172,20 @@ func memInUse() uint64 {
 	return ms.HeapInuse + ms.StackInuse
 }
 
+// rss is the resident set of this process, from /proc.
+func rss() uint64 {
+	b, err := os.ReadFile("/proc/self/statm")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 2 {
+		return 0
+	}
+	pages, _ := strconv.ParseUint(f[1], 10, 64)
+	return pages * uint64(os.Getpagesize())
+}
+
 func envInt(name string, def int) int {
 	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
 		return v
@@ -182,7 +196,8 @@ func envInt(name string, def int) int {
 // BenchmarkProber probes 1,000 and 10,000 real loopback HTTP instances at a 1 s interval and reports
 // the medians of several measurement windows (VIGIL_BENCH_REPEAT, default 3, of VIGIL_BENCH_WINDOW
 // seconds, default 10): CPU seconds of this process per 1,000 probes, probes per second achieved
-// and scheduled, p99 scheduling lag and memory (heap and stacks) per instance.
+// and scheduled, p99 scheduling lag and memory per instance: heap and stacks (KB/instance), and the
+// growth of the resident set (rss-KB/instance, which also counts freed memory not yet returned).
 func BenchmarkProber(b *testing.B) {
 	raiseNoFile()
 	for _, n := range []int{1000, 10000} {
@@ -197,7 +212,7 @@ func BenchmarkProber(b *testing.B) {
 func benchProber(b *testing.B, n int) {
 	repeat, window := envInt("VIGIL_BENCH_REPEAT", 3), time.Duration(envInt("VIGIL_BENCH_WINDOW", 10))*time.Second
 	ins := benchServers(b, n)
-	base := memInUse()
+	base, baseRSS := memInUse(), rss()
 
 	chk := health.DefaultCheck()
 	chk.Kind = health.KindHTTP
@@ -238,7 +253,7 @@ func benchProber(b *testing.B, n int) {
 	}
 	time.Sleep(3 * time.Second) // warm-up: the first probes' spread evens out
 
-	var cpu, rate, lag99, mem []float64
+	var cpu, rate, lag99, mem, rssPer []float64
 	for range repeat {
 		lagMu.Lock()
 		lags = lags[:0]
@@ -254,6 +269,7 @@ func benchProber(b *testing.B, n int) {
 		lag99 = append(lag99, float64(lags[len(lags)*99/100])/float64(time.Millisecond))
 		lagMu.Unlock()
 		mem = append(mem, float64(memInUse()-base)/float64(n)/1024)
+		rssPer = append(rssPer, float64(rss()-baseRSS)/float64(n)/1024)
 		b.Logf("n=%d: %.2f cores, %.0f probes/s", n, (c1-c0).Seconds()/t1.Sub(t0).Seconds(), probes/t1.Sub(t0).Seconds())
 	}
 	b.ReportMetric(median(cpu), "cpu-s/1k-probes")
@@ -262,6 +278,7 @@ func benchProber(b *testing.B, n int) {
 	b.ReportMetric(float64(n)/chk.Interval.Seconds(), "scheduled-probes/s")
 	b.ReportMetric(median(lag99), "p99-lag-ms")
 	b.ReportMetric(median(mem), "KB/instance")
+	b.ReportMetric(median(rssPer), "rss-KB/instance")
 }
 
 func median(xs []float64) float64 {

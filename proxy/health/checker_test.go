@@ -39,27 +39,45 @@ func TestNewCheckerRejectsBadChecks(t *testing.T) {
 	if _, err := health.NewChecker(health.Options{Default: health.DefaultCheck()}); err == nil {
 		t.Error("no error without a sink")
 	}
+	if _, err := health.NewChecker(health.Options{Sink: newSink(t)}); err != nil {
+		t.Errorf("zero Default: %v", err)
+	}
 }
 
-// A crashed instance closes the idle keep-alive connection: it is probed at once and found
-// unhealthy long before the 10 s interval.
+// A crashed instance closes the connection kept between probes: it is probed at once and found
+// unhealthy long before the 10 s interval would allow.
 func TestCrashDetectedByClosedConnection(t *testing.T) {
-	for _, kind := range []string{"http", "tcp"} {
-		t.Run(kind, func(t *testing.T) {
-			srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
-			srv.Start()
-			t.Cleanup(srv.Close)
-			c := fast(kind)
+	okHandler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") })
+	// crash stops accepting and closes every connection, as a dying process does.
+	crash := func(s *httptest.Server) func() {
+		return func() { s.Listener.Close(); s.CloseClientConnections() }
+	}
+	for _, tc := range []struct {
+		kind  string
+		serve func(t *testing.T) (addr string, crash func())
+	}{
+		{"http", func(t *testing.T) (string, func()) { s := httpServer(t, okHandler); return s.URL, crash(s) }},
+		{"tcp", func(t *testing.T) (string, func()) { s := httpServer(t, okHandler); return s.URL, crash(s) }},
+		{"tls", func(t *testing.T) (string, func()) {
+			s := httptest.NewTLSServer(okHandler)
+			t.Cleanup(s.Close)
+			return s.URL, crash(s)
+		}},
+		{"grpc", grpcServerStop},
+	} {
+		t.Run(tc.kind, func(t *testing.T) {
+			addr, crash := tc.serve(t)
+			c := fast(tc.kind)
 			c.Interval, c.UnhealthyInterval, c.Timeout, c.EdgeInterval = 10*time.Second, 200*time.Millisecond, 150*time.Millisecond, 50*time.Millisecond
 			c.UnhealthyThreshold = 2
+			c.TLS.InsecureSkipVerify = tc.kind == "tls"
 			h := start(t, health.Options{Default: c})
 			k := discovery.Key{Upstream: "api", ID: "a"}
-			h.set(map[string][]discovery.Instance{"api": {instanceOf(t, "a", srv.URL)}})
+			h.set(map[string][]discovery.Instance{"api": {instanceOf(t, "a", addr)}})
 			h.wait(k, health.Healthy, 3*time.Second)
 
 			crashed := time.Now()
-			srv.Listener.Close()         // new connections are refused
-			srv.CloseClientConnections() // and the idle one is closed, as by a dying process
+			crash()
 			st := h.wait(k, health.Unhealthy, 3*time.Second)
 			if d := time.Since(crashed); d > 2*time.Second {
 				t.Errorf("unhealthy after %s", d)
@@ -68,6 +86,39 @@ func TestCrashDetectedByClosedConnection(t *testing.T) {
 				t.Errorf("reason %q", st.Reason)
 			}
 		})
+	}
+}
+
+// Passive failures and wake-ups never put a second probe of an instance in flight.
+func TestOneProbeInFlight(t *testing.T) {
+	var cur, most atomic.Int64
+	srv := httpServer(t, func(w http.ResponseWriter, r *http.Request) {
+		n := cur.Add(1)
+		defer cur.Add(-1)
+		for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
+		}
+		select { // slower than edge_interval, quicker than the timeout
+		case <-time.After(100 * time.Millisecond):
+		case <-r.Context().Done():
+		}
+	})
+	c := fast("http")
+	c.Interval, c.UnhealthyInterval, c.Timeout, c.EdgeInterval = 400*time.Millisecond, 400*time.Millisecond, 300*time.Millisecond, 10*time.Millisecond
+	c.HealthyThreshold, c.UnhealthyThreshold = 2, 50
+	h := start(t, health.Options{Default: c})
+	k := discovery.Key{Upstream: "api", ID: "a"}
+	h.set(map[string][]discovery.Instance{"api": {instanceOf(t, "a", srv.URL)}})
+	st := h.wait(k, health.Healthy, 3*time.Second)
+	for i := range 40 {
+		h.c.ReportFailure(k, errTest)
+		testutil.Eventually(t, 2*time.Second, time.Millisecond, func() bool { return st.Stats.Load().Failures > uint64(i) }, "failure counted")
+		if i%10 == 9 {
+			n := st.Stats.Load().Probes
+			testutil.Eventually(t, 3*time.Second, 2*time.Millisecond, func() bool { return st.Stats.Load().Probes > n+1 }, "probes go on")
+		}
+	}
+	if m := most.Load(); m != 1 {
+		t.Errorf("%d probes in flight at once", m)
 	}
 }
 
@@ -180,4 +231,43 @@ func TestMetrics(t *testing.T) {
 	testutil.Eventually(t, 3*time.Second, 10*time.Millisecond, func() bool { return gatherMatching(t, reg, `upstream="gone"`) == 0 },
 		"series of deleted upstream gone")
 	promtoolCheck(t, reg)
+}
+
+// An instance that changes state too often is held unhealthy, flagged flapping, until stable.
+func TestFlapDamping(t *testing.T) {
+	var failing atomic.Bool
+	srv := httpServer(t, func(w http.ResponseWriter, r *http.Request) {
+		if failing.Load() {
+			w.WriteHeader(500)
+		}
+	})
+	c := fast("http")
+	c.Flap = health.FlapConfig{Threshold: 2, Window: time.Minute, HoldDown: 600 * time.Millisecond}
+	h := start(t, health.Options{Default: c})
+	k := discovery.Key{Upstream: "api", ID: "a"}
+	h.set(map[string][]discovery.Instance{"api": {instanceOf(t, "a", srv.URL)}})
+	h.wait(k, health.Healthy, 3*time.Second) // the first verdict is not a change
+
+	failing.Store(true)
+	h.wait(k, health.Unhealthy, 3*time.Second) // change 1
+	failing.Store(false)
+	h.wait(k, health.Healthy, 3*time.Second) // change 2
+	failing.Store(true)
+	st := h.wait(k, health.Unhealthy, 3*time.Second) // change 3: flapping
+	if !st.Flapping {
+		t.Fatalf("not flapping after 3 changes: %+v", st)
+	}
+	failing.Store(false)
+	held := time.Now()
+	testutil.Eventually(t, 3*time.Second, 5*time.Millisecond, func() bool {
+		st, _ = h.sink.status(k)
+		return strings.HasPrefix(st.Reason, "flapping:")
+	}, "held down though passing")
+	if st.State != health.Unhealthy || !st.Flapping {
+		t.Errorf("while held: %+v", st)
+	}
+	st = h.wait(k, health.Healthy, 3*time.Second)
+	if st.Flapping || time.Since(held) < 600*time.Millisecond {
+		t.Errorf("served again after %s: %+v", time.Since(held), st)
+	}
 }
