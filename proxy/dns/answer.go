@@ -282,7 +282,7 @@ func (s *Server) appendService(b []byte, q *query, qtype uint16, size int) ([]by
 			continue
 		}
 		exists = true
-		if wanted && rc.matches("", qtype) {
+		if wanted && rc.matches("", qtype) && (qtype == mdns.TypeSRV || !sameBefore(recs, rc, q.tag)) {
 			sel = append(sel, int32(i))
 		}
 	}
@@ -344,11 +344,11 @@ func (s *Server) appendService(b []byte, q *query, qtype uint16, size int) ([]by
 	}
 	var ar uint16
 	pos := answers
-	for _, i := range sel {
+	for k, i := range sel {
 		rc := recs[i]
 		target := pos + 2 + srvTarget
 		pos += 2 + len(rc.srv[q.dom])
-		if rc.addr == nil {
+		if rc.addr == nil || rc.shared && addedBefore(recs, sel[:k], rc) {
 			continue
 		}
 		if target < 0x4000 {
@@ -360,6 +360,26 @@ func (s *Server) appendService(b []byte, q *query, qtype uint16, size int) ([]by
 		ar++
 	}
 	return b, uint16(n), ar, mdns.RcodeSuccess, tc
+}
+
+// addedBefore reports whether a record of sel has rc's address (and so the same target).
+func addedBefore(recs []*rec, sel []int32, rc *rec) bool {
+	for _, j := range sel {
+		if string(recs[j].addr) == string(rc.addr) {
+			return true
+		}
+	}
+	return false
+}
+
+// sameBefore reports whether a record before rc in recs has its address and the tag.
+func sameBefore(recs []*rec, rc *rec, tag string) bool {
+	for j := rc.prevSame; j >= 0; j = recs[j].prevSame {
+		if tag == "" || hasTag(recs[j].tags, tag) {
+			return true
+		}
+	}
+	return false
 }
 
 func hasTag(tags []string, t string) bool {

@@ -34,6 +34,10 @@ type service struct {
 // pointers written per response).
 type rec struct {
 	prio uint16
+	// prevSame is the index of the previous record of the same list with the same address
+	// (-1 if none): A and AAAA answers carry each address once.
+	prevSame int32
+	shared   bool // another record of the list has the same address
 	kind uint16   // mdns.TypeA, mdns.TypeAAAA, or 0 for a host-name address
 	tags []string // lowercase
 	// addr is TYPE CLASS TTL RDLENGTH RDATA of the A or AAAA record (nil for a host name).
@@ -92,7 +96,26 @@ func (s *Server) buildService(u *table.Upstream, ttl uint32) *service {
 		dc := strings.ToLower(in.Datacenter)
 		svc.byDC[dc] = append(svc.byDC[dc], s.buildRec(in, ttl))
 	}
+	linkSame(svc.served)
+	for _, recs := range svc.byDC {
+		linkSame(recs)
+	}
 	return svc
+}
+
+// linkSame sets each record's prevSame.
+func linkSame(recs []*rec) {
+	last := map[string]int32{}
+	for i, r := range recs {
+		r.prevSame = -1
+		if r.addr == nil {
+			continue
+		}
+		if j, ok := last[string(r.addr)]; ok {
+			r.prevSame, r.shared, recs[j].shared = j, true, true
+		}
+		last[string(r.addr)] = int32(i)
+	}
 }
 
 func (s *Server) buildRec(in *table.Instance, ttl uint32) *rec {

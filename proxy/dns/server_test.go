@@ -323,3 +323,36 @@ func TestSetTTLs(t *testing.T) {
 		return ttl("web.service.consul.") == 60 && ttl("far.service.consul.") == 30
 	}, "TTLs not applied")
 }
+
+// TestSameAddress: instances sharing an address (different ports) give one A record, and
+// one SRV record each.
+func TestSameAddress(t *testing.T) {
+	s, _ := serve(t, dns.DefaultConfig(), newTable(table.Config{}, map[string][]inst{"web": {
+		up("a", "127.0.0.1", 1, health.Healthy, tags("x")),
+		up("b", "127.0.0.1", 2, health.Healthy),
+		up("c", "127.0.0.1", 3, health.Healthy, tags("x")),
+		up("d", "127.0.0.2", 4, health.Healthy),
+	}}))
+	for _, nt := range nets {
+		t.Run(nt, func(t *testing.T) {
+			for _, c := range []struct {
+				name  string
+				qtype uint16
+				want  int
+			}{
+				{"web.service.consul.", mdns.TypeA, 2},
+				{"x.web.service.consul.", mdns.TypeA, 1},
+				{"web.service.consul.", mdns.TypeSRV, 4},
+				{"x.web.service.consul.", mdns.TypeSRV, 2},
+			} {
+				r := ask(t, nt, s.Addr(), c.name, c.qtype)
+				if got := ips(r.Answer); len(got) != c.want {
+					t.Errorf("%s %s: %v, want %d records", c.name, mdns.TypeToString[c.qtype], got, c.want)
+				}
+				if c.qtype == mdns.TypeSRV && len(r.Extra) != c.want/2 {
+					t.Errorf("%s SRV: additional %v, want each address once", c.name, r.Extra)
+				}
+			}
+		})
+	}
+}
