@@ -37,9 +37,9 @@ type rec struct {
 	// prevSame is the index of the previous record of the same list with the same address
 	// (-1 if none): A and AAAA answers carry each address once.
 	prevSame int32
-	shared   bool // another record of the list has the same address
-	kind uint16   // mdns.TypeA, mdns.TypeAAAA, or 0 for a host-name address
-	tags []string // lowercase
+	shared   bool     // another record of the list has the same address
+	kind     uint16   // mdns.TypeA, mdns.TypeAAAA, or 0 for a host-name address
+	tags     []string // lowercase
 	// addr is TYPE CLASS TTL RDLENGTH RDATA of the A or AAAA record (nil for a host name).
 	addr []byte
 	// srv is TYPE CLASS TTL RDLENGTH RDATA of the SRV record, one per domain (the target
