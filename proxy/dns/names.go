@@ -100,4 +100,3 @@ func parseHexIP(h string) (netip.Addr, bool) {
 	}
 	return netip.AddrFrom16(raw), true
 }
-
