@@ -2,6 +2,7 @@ package dns_test
 
 import (
 	"context"
+	"io"
 	"net"
 	"os/exec"
 	"strings"
@@ -222,5 +223,56 @@ func TestMetrics(t *testing.T) {
 	// A second server on the same registry is an error, not a panic.
 	if _, err := dns.New(dns.DefaultConfig(), newTable(table.Config{}, nil), prometheus.Registerer(reg), nil); err == nil {
 		t.Error("registering twice: no error")
+	}
+}
+
+// TestWireSize checks on the raw bytes that answers are compressed (each owner name a pointer
+// to the question) and that the OPT record echoes the DO bit.
+func TestWireSize(t *testing.T) {
+	s, _ := serve(t, dns.DefaultConfig(), newTable(table.Config{}, basic()))
+	q := new(mdns.Msg)
+	q.SetQuestion("web.service.consul.", mdns.TypeA)
+	q.SetEdns0(1232, true)
+	pkt, err := q.Pack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// header + question (20-byte name, type, class) + 2 A records (pointer, 10, 4) + OPT (11)
+	want := 12 + 20 + 4 + 2*16 + 11
+	for _, nt := range nets {
+		t.Run(nt, func(t *testing.T) {
+			conn, err := net.Dial(nt, s.Addr())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			msg := pkt
+			if nt == "tcp" {
+				msg = append([]byte{byte(len(pkt) >> 8), byte(len(pkt))}, pkt...)
+			}
+			if _, err := conn.Write(msg); err != nil {
+				t.Fatal(err)
+			}
+			conn.SetReadDeadline(time.Now().Add(3 * time.Second))
+			buf := make([]byte, 4096)
+			n, err := io.ReadAtLeast(conn, buf, 12)
+			if err != nil {
+				t.Fatal(err)
+			}
+			reply := buf[:n]
+			if nt == "tcp" {
+				reply = reply[2:]
+			}
+			if len(reply) != want {
+				t.Errorf("response of %d bytes, want %d (compressed)", len(reply), want)
+			}
+			var r mdns.Msg
+			if err := r.Unpack(reply); err != nil {
+				t.Fatal(err)
+			}
+			if opt := r.IsEdns0(); opt == nil || !opt.Do() {
+				t.Errorf("OPT %v: want the DO bit echoed", opt)
+			}
+		})
 	}
 }
