@@ -145,12 +145,18 @@ func (s *Server) answer(b []byte, r *request, pq *query) ([]byte, int, bool, err
 		}
 	case kindService:
 		b, an, ar, rcode, tc = s.appendService(b, pq, r.qtype, size)
+		if rcode == mdns.RcodeNameError && !s.idx.Load().ready {
+			// Discovery has not synced or instances are not all probed yet: a service
+			// without served instances may have some in a moment. Do not let clients cache
+			// a negative answer.
+			rcode = mdns.RcodeServerFailure
+		}
 	case kindAddr:
 		b, an = s.appendAddr(b, pq.ip, r.qtype)
 	default:
 		rcode = mdns.RcodeNameError
 	}
-	if an == 0 {
+	if an == 0 && rcode != mdns.RcodeServerFailure {
 		b, ns = s.appendSOA(b, domOff, domOff), 1
 	}
 	if r.edns {

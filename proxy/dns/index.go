@@ -17,6 +17,7 @@ import (
 // the query path reads it through an atomic pointer and never locks.
 type index struct {
 	version  uint64              // of the snapshot it was built from
+	ready    bool                // the snapshot's Ready: negative answers are authoritative
 	ttls     *ttls               // it was built with
 	services map[string]*service // by lowercase name
 	dcs      map[string]bool     // every known datacenter, lowercase
@@ -51,7 +52,7 @@ const srvTarget = 16 // offset of the SRV target in rec.srv
 
 // buildIndex builds the index of snap, reusing the services of prev that did not change.
 func (s *Server) buildIndex(snap *table.Snapshot, ttls *ttls, prev *index) *index {
-	ix := &index{version: snap.Version, ttls: ttls, services: make(map[string]*service, len(snap.Upstreams)), dcs: map[string]bool{s.localDC: true}}
+	ix := &index{version: snap.Version, ready: snap.Ready, ttls: ttls, services: make(map[string]*service, len(snap.Upstreams)), dcs: map[string]bool{s.localDC: true}}
 	for name, u := range snap.Upstreams {
 		ttl := ttls.of(name)
 		var svc *service

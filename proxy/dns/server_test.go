@@ -356,3 +356,26 @@ func TestSameAddress(t *testing.T) {
 		})
 	}
 }
+
+// TestNotReady: until the table is ready (discovery synced, every instance probed once), a
+// service without served instances gets SERVFAIL, not a negative answer clients would cache.
+func TestNotReady(t *testing.T) {
+	tb := table.New(table.Config{Default: table.DefaultPolicy()})
+	mem := discovery.Membership{Upstreams: map[string]*discovery.Upstream{"web": {Name: "web", Instances: []discovery.Instance{
+		{ID: "a", Address: "127.0.0.1", Port: 1}, {ID: "b", Address: "127.0.0.2", Port: 2},
+	}}}, Ready: true}
+	tb.SetMembership(mem, map[discovery.Key]health.Status{{Upstream: "web", ID: "a"}: {State: health.Healthy}})
+	s, _ := serve(t, dns.DefaultConfig(), tb)
+	for _, nt := range nets {
+		t.Run(nt, func(t *testing.T) {
+			wantRcode(t, ask(t, nt, s.Addr(), "web.service.consul.", mdns.TypeA), mdns.RcodeSuccess)
+			wantRcode(t, ask(t, nt, s.Addr(), "v9.web.service.consul.", mdns.TypeA), mdns.RcodeServerFailure)
+			wantRcode(t, ask(t, nt, s.Addr(), "nope.service.consul.", mdns.TypeA), mdns.RcodeServerFailure)
+			wantRcode(t, ask(t, nt, s.Addr(), "nope.node.consul.", mdns.TypeA), mdns.RcodeNameError)
+		})
+	}
+	tb.SetStatus(discovery.Key{Upstream: "web", ID: "b"}, health.Status{State: health.Unhealthy})
+	testutil.Eventually(t, 2*time.Second, 5*time.Millisecond, func() bool {
+		return ask(t, "udp", s.Addr(), "nope.service.consul.", mdns.TypeA).Rcode == mdns.RcodeNameError
+	}, "NXDOMAIN once the table is ready")
+}
