@@ -276,3 +276,23 @@ func TestWireSize(t *testing.T) {
 		})
 	}
 }
+
+// TestMiekgUDP covers UDP served by miekg/dns's server, as on a wildcard listen address.
+func TestMiekgUDP(t *testing.T) {
+	good := recursor(t)
+	cfg := dns.DefaultConfig()
+	cfg.Recursors = []string{good}
+	ups := basic()
+	ups["big"] = many(100)
+	s, _ := serve(t, cfg, newTable(table.Config{}, ups), (*dns.Server).UseMiekgUDP)
+	if got := ips(ask(t, "udp", s.Addr(), "v1.web.service.consul.", mdns.TypeA).Answer); len(got) != 1 || got[0] != "127.0.0.11" {
+		t.Errorf("A: %v", got)
+	}
+	if r := ask(t, "udp", s.Addr(), "big.service.consul.", mdns.TypeSRV); !r.Truncated || len(r.Answer) == 0 || len(r.Extra) < len(r.Answer) {
+		t.Errorf("big SRV: tc=%v %d answers %d additional", r.Truncated, len(r.Answer), len(r.Extra))
+	}
+	wantRcode(t, ask(t, "udp", s.Addr(), "nope.service.consul.", mdns.TypeA), mdns.RcodeNameError)
+	if got := ips(ask(t, "udp", s.Addr(), "example.org.", mdns.TypeA).Answer); len(got) != 1 || got[0] != "192.0.2.1" {
+		t.Errorf("forwarded: %v", got)
+	}
+}

@@ -15,3 +15,6 @@ func (s *Server) AnswerWire(pkt []byte) ([]byte, bool) {
 	b, _, _, err := s.answer(make([]byte, 0, maxUDP), &req, &pq)
 	return b, err == nil
 }
+
+// UseMiekgUDP makes Run serve UDP as it does on a wildcard address.
+func (s *Server) UseMiekgUDP() { s.miekgUDP = true }

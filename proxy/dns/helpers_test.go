@@ -71,13 +71,16 @@ func setUpstreams(t *table.Table, ups map[string][]inst) {
 }
 
 // serve starts a Server on a free loopback port and stops it when the test ends.
-func serve(t testing.TB, cfg dns.Config, tb *table.Table) (*dns.Server, *prometheus.Registry) {
+func serve(t testing.TB, cfg dns.Config, tb *table.Table, opts ...func(*dns.Server)) (*dns.Server, *prometheus.Registry) {
 	t.Helper()
 	cfg.Listen = "127.0.0.1:0"
 	reg := prometheus.NewRegistry()
 	s, err := dns.New(cfg, tb, reg, nil)
 	if err != nil {
 		t.Fatal(err)
+	}
+	for _, o := range opts {
+		o(s)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

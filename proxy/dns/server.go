@@ -40,6 +40,9 @@ type Server struct {
 	idx   atomic.Pointer[index]
 	ttls  atomic.Pointer[ttls]
 	kick  chan struct{} // SetTTLs asks Run for a new index
+	// miekgUDP serves UDP with miekg/dns's server instead of the fast path: on a wildcard
+	// address, where replies must leave from the address each query came to (IP_PKTINFO).
+	miekgUDP bool
 	bufs  sync.Pool     // *[]byte of maxTCP bytes
 	ready chan struct{}
 	addr  atomic.Pointer[string]
@@ -129,8 +132,16 @@ func (s *Server) Run(ctx context.Context) error {
 	var slow sync.WaitGroup // UDP queries off the fast path
 	defer slow.Wait()
 	var runs []*serverRun
+	if ap, err := netip.ParseAddrPort(s.cfg.Listen); err == nil && ap.Addr().IsUnspecified() {
+		s.miekgUDP = true
+	}
+	miekgUDP := s.miekgUDP
 	for _, pc := range pcs {
-		runs = append(runs, s.startUDP(pc, &slow, done))
+		if miekgUDP {
+			runs = append(runs, s.start(&mdns.Server{PacketConn: pc, UDPSize: maxUDP}, done))
+		} else {
+			runs = append(runs, s.startUDP(pc, &slow, done))
+		}
 	}
 	runs = append(runs, s.start(&mdns.Server{Listener: l}, done))
 	var failed error
