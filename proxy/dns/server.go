@@ -37,15 +37,15 @@ type Server struct {
 	allow    []netip.Prefix
 	negTTL   uint32
 
-	idx   atomic.Pointer[index]
-	ttls  atomic.Pointer[ttls]
-	kick  chan struct{} // SetTTLs asks Run for a new index
+	idx  atomic.Pointer[index]
+	ttls atomic.Pointer[ttls]
+	kick chan struct{} // SetTTLs asks Run for a new index
 	// miekgUDP serves UDP with miekg/dns's server instead of the fast path: on a wildcard
 	// address, where replies must leave from the address each query came to (IP_PKTINFO).
 	miekgUDP bool
-	bufs  sync.Pool     // *[]byte of maxTCP bytes
-	ready chan struct{}
-	addr  atomic.Pointer[string]
+	bufs     sync.Pool // *[]byte of maxTCP bytes
+	ready    chan struct{}
+	addr     atomic.Pointer[string]
 }
 
 // domain is one domain vigil answers for.
