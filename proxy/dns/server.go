@@ -92,6 +92,9 @@ func New(cfg Config, t *table.Table, reg prometheus.Registerer, log *slog.Logger
 		s.allow = append(s.allow, netip.MustParsePrefix(p).Masked()) // validated above
 	}
 	s.bufs.New = func() any { b := make([]byte, 0, maxTCP); return &b }
+	if ap, err := netip.ParseAddrPort(cfg.Listen); err == nil && ap.Addr().IsUnspecified() {
+		s.miekgUDP = true
+	}
 	s.idx.Store(s.buildIndex(t.Snapshot(), s.ttls.Load(), nil))
 	return s, nil
 }
@@ -132,12 +135,8 @@ func (s *Server) Run(ctx context.Context) error {
 	var slow sync.WaitGroup // UDP queries off the fast path
 	defer slow.Wait()
 	var runs []*serverRun
-	if ap, err := netip.ParseAddrPort(s.cfg.Listen); err == nil && ap.Addr().IsUnspecified() {
-		s.miekgUDP = true
-	}
-	miekgUDP := s.miekgUDP
 	for _, pc := range pcs {
-		if miekgUDP {
+		if s.miekgUDP {
 			runs = append(runs, s.start(&mdns.Server{PacketConn: pc, UDPSize: maxUDP}, done))
 		} else {
 			runs = append(runs, s.startUDP(pc, &slow, done))
