@@ -23,6 +23,7 @@ type metrics struct {
 	forwarded prometheus.Counter
 	fwdErrors prometheus.Counter
 	rebuilds  prometheus.Counter
+	dropped   prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -52,6 +53,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "vigil_dns_index_rebuilds_total",
 			Help: "Answer indexes rebuilt from a new table snapshot.",
 		}),
+		dropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "vigil_dns_dropped_total",
+			Help: "UDP queries dropped unanswered because 1024 others were already being forwarded or unpacked.",
+		}),
 	}
 	m.queries = make([][]prometheus.Counter, len(qtypes)+1)
 	for i := range m.queries {
@@ -69,7 +74,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{queries, m.latency, m.truncated, m.forwarded, m.fwdErrors, m.rebuilds} {
+		for _, c := range []prometheus.Collector{queries, m.latency, m.truncated, m.forwarded, m.fwdErrors, m.rebuilds, m.dropped} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("dns: metrics: %w", err)
 			}

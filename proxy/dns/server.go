@@ -40,6 +40,8 @@ type Server struct {
 	idx  atomic.Pointer[index]
 	ttls atomic.Pointer[ttls]
 	kick chan struct{} // SetTTLs asks Run for a new index
+	// slowSem bounds the UDP queries off the fast path in flight.
+	slowSem chan struct{}
 	// miekgUDP serves UDP with miekg/dns's server instead of the fast path: on a wildcard
 	// address, where replies must leave from the address each query came to (IP_PKTINFO).
 	miekgUDP bool
@@ -79,6 +81,7 @@ func New(cfg Config, t *table.Table, reg prometheus.Registerer, log *slog.Logger
 		negTTL:  uint32(cfg.NegativeTTL / time.Second),
 		ready:   make(chan struct{}),
 		kick:    make(chan struct{}, 1),
+		slowSem: make(chan struct{}, maxSlow),
 	}
 	s.ttls.Store(&ttls{def: cfg.TTL, per: maps.Clone(cfg.TTLs)})
 	for _, d := range []string{cfg.Domain, cfg.AltDomain} {

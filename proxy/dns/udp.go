@@ -39,8 +39,16 @@ func (s *Server) serveUDP(pc *net.UDPConn, slow *sync.WaitGroup) error {
 			pq, ok = s.parse(lname)
 		}
 		if !ok {
-			pkt := append([]byte(nil), in[:n]...)
-			slow.Go(func() { s.serveSlow(pc, from, pkt) })
+			select {
+			case s.slowSem <- struct{}{}:
+				pkt := append([]byte(nil), in[:n]...)
+				slow.Go(func() {
+					defer func() { <-s.slowSem }()
+					s.serveSlow(pc, from, pkt)
+				})
+			default: // as many as maxSlow in flight already (slow recursors, or a flood)
+				s.m.dropped.Inc()
+			}
 			continue
 		}
 		req.ra = len(s.cfg.Recursors) > 0 && s.allowedIP(from.Addr())
@@ -49,6 +57,9 @@ func (s *Server) serveUDP(pc *net.UDPConn, slow *sync.WaitGroup) error {
 		s.observe(start, req.qtype, rcode, tc)
 	}
 }
+
+// maxSlow bounds the UDP queries handled off the fast path at once, across sockets.
+const maxSlow = 1024
 
 // serveSlow answers one packet the fast path left aside, as the miekg/dns server would.
 func (s *Server) serveSlow(pc *net.UDPConn, from netip.AddrPort, pkt []byte) {
