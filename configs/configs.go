@@ -19,6 +19,7 @@ import (
 	"github.com/vigil-sidecar/vigil/configs/field"
 	"github.com/vigil-sidecar/vigil/discovery/static"
 	"github.com/vigil-sidecar/vigil/proxy/admin"
+	"github.com/vigil-sidecar/vigil/proxy/dns"
 	"github.com/vigil-sidecar/vigil/proxy/health"
 	"github.com/vigil-sidecar/vigil/proxy/table"
 	"github.com/vigil-sidecar/vigil/xds"
@@ -41,6 +42,8 @@ type Config struct {
 	Discovery Discovery `yaml:"discovery"`
 	// Defaults apply to every upstream that does not set its own values.
 	Defaults Defaults `yaml:"defaults"`
+	// DNS configures the DNS frontend.
+	DNS dns.Config `yaml:"dns"`
 	// Upstreams are the services that the local service calls.
 	Upstreams []Upstream `yaml:"upstreams"`
 	// XDS configures the xDS control plane for Envoy and proxyless gRPC clients.
@@ -79,6 +82,8 @@ type Defaults struct {
 	Check health.CheckConfig `yaml:"check"`
 	// Policy is the default serving policy (panic threshold, zone preference).
 	table.Policy `yaml:",inline"`
+	// DNS is the default per-upstream DNS settings (answer TTL).
+	DNS dns.UpstreamConfig `yaml:"dns"`
 }
 
 // Upstream is one service the local service calls.
@@ -93,6 +98,8 @@ type Upstream struct {
 	table.Policy `yaml:",inline"`
 	// XDS is how the upstream is served over xDS (listener port, protocol, timeouts).
 	XDS xds.UpstreamConfig `yaml:"xds"`
+	// DNS overrides fields of defaults.dns.
+	DNS dns.UpstreamConfig `yaml:"dns"`
 }
 
 // Builtin returns the built-in defaults that a configuration file overrides.
@@ -102,8 +109,9 @@ func Builtin() Config {
 		Log:       Log{Level: "info", Format: "text"},
 		Admin:     admin.Config{Listen: "127.0.0.1:9480"},
 		Discovery: Discovery{MaxStateAge: 24 * time.Hour},
-		Defaults:  Defaults{Check: health.DefaultCheck(), Policy: table.DefaultPolicy()},
+		Defaults:  Defaults{Check: health.DefaultCheck(), Policy: table.DefaultPolicy(), DNS: dns.DefaultUpstream()},
 		XDS:       xds.DefaultConfig(),
+		DNS:       dns.DefaultConfig(),
 	}
 }
 
@@ -136,7 +144,7 @@ func Parse(data []byte) (*Config, error) {
 	if seq := mappingValue(&doc, "upstreams"); seq != nil && seq.Kind == yaml.SequenceNode {
 		cfg.Upstreams = make([]Upstream, len(seq.Content))
 		for i, n := range seq.Content {
-			u := Upstream{Check: cloneCheck(cfg.Defaults.Check), Policy: cfg.Defaults.Policy}
+			u := Upstream{Check: cloneCheck(cfg.Defaults.Check), Policy: cfg.Defaults.Policy, DNS: cfg.Defaults.DNS}
 			n.Decode(&u)
 			cfg.Upstreams[i] = u
 		}
@@ -206,6 +214,8 @@ func (c *Config) Validate() error {
 	errs.Add("defaults.check", c.Defaults.Check.Validate())
 	errs.Add("defaults", c.Defaults.Policy.Validate())
 	errs.Add("xds", c.XDS.Validate())
+	errs.Add("defaults.dns", c.Defaults.DNS.Validate())
+	errs.Add("dns", c.DNS.Validate())
 	seen := map[string]int{}
 	ports := map[int]int{}
 	for i, u := range c.Upstreams {
@@ -228,6 +238,7 @@ func (c *Config) Validate() error {
 		} else if u.XDS.ListenPort > 0 {
 			ports[u.XDS.ListenPort] = i
 		}
+		errs.Add(p+".dns", u.DNS.Validate())
 		if len(u.Instances) == 0 {
 			errs.Addf(p+".instances", "must not be empty")
 		}
@@ -273,6 +284,19 @@ func (c *Config) XDSConfig() xds.Config {
 		x.Upstreams[u.Name] = u.XDS
 	}
 	return x
+}
+
+// DNSConfig returns the DNS frontend's configuration, with the local datacenter and
+// the answer TTL of each upstream.
+func (c *Config) DNSConfig() dns.Config {
+	d := c.DNS
+	d.Datacenter = c.Node.Datacenter
+	d.TTL = c.Defaults.DNS.TTL
+	d.TTLs = make(map[string]time.Duration, len(c.Upstreams))
+	for _, u := range c.Upstreams {
+		d.TTLs[u.Name] = u.DNS.TTL
+	}
+	return d
 }
 
 // Checks returns the health check of each upstream.

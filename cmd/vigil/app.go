@@ -15,6 +15,7 @@ import (
 	"github.com/vigil-sidecar/vigil/discovery"
 	"github.com/vigil-sidecar/vigil/discovery/static"
 	"github.com/vigil-sidecar/vigil/proxy/admin"
+	"github.com/vigil-sidecar/vigil/proxy/dns"
 	"github.com/vigil-sidecar/vigil/proxy/health"
 	"github.com/vigil-sidecar/vigil/proxy/table"
 	"github.com/vigil-sidecar/vigil/xds"
@@ -31,6 +32,7 @@ type app struct {
 	checker *health.Checker
 	admin   *admin.Server
 	xds     *xds.Server
+	dns     *dns.Server // nil when dns.listen is ""
 
 	demo   bool                            // serve demo instances too
 	reload func() (*configs.Config, error) // reads the configuration again on SIGHUP
@@ -67,6 +69,11 @@ func newApp(cfg *configs.Config, log *slog.Logger) (*app, error) {
 		return nil, fmt.Errorf("health: %w", err)
 	}
 	a.admin = admin.New(cfg.Admin, a.table, a.reg, log)
+	if cfg.DNS.Listen != "" {
+		if a.dns, err = dns.New(cfg.DNSConfig(), a.table, a.reg, log.With("part", "dns")); err != nil {
+			return nil, err
+		}
+	}
 	if a.xds, err = xds.New(cfg.XDSConfig(), a.table, a.reg, log.With("part", "xds")); err != nil {
 		return nil, err
 	}
@@ -88,6 +95,9 @@ func (a *app) Run(ctx context.Context) error {
 	g.Go(func() error { return a.checker.Run(ctx) })
 	g.Go(func() error { return a.admin.Run(ctx) })
 	g.Go(func() error { return a.xds.Run(ctx) })
+	if a.dns != nil {
+		g.Go(func() error { return a.dns.Run(ctx) })
+	}
 	g.Go(func() error { a.watchReload(ctx); return nil })
 	return g.Wait()
 }
@@ -114,6 +124,10 @@ func (a *app) apply(cfg *configs.Config) {
 	cfg.Node.Name = a.cfg.Node.Name
 	a.table.SetConfig(cfg.TableConfig())
 	a.checker.SetChecks(cfg.Defaults.Check, cfg.Checks())
+	if a.dns != nil {
+		d := cfg.DNSConfig()
+		a.dns.SetTTLs(d.TTL, d.TTLs)
+	}
 	a.static.Set(cfg.StaticUpstreams())
 	if err := a.xds.SetConfig(cfg.XDSConfig()); err != nil {
 		a.log.Error("vigil: reload: xds", "err", err)
