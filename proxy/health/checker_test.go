@@ -271,3 +271,46 @@ func TestFlapDamping(t *testing.T) {
 		t.Errorf("served again after %s: %+v", time.Since(held), st)
 	}
 }
+
+// A server that closes every connection after its response (without saying so) is not probed more
+// often: once a probe triggered by a closed connection passes, closes trigger no probe; none fails.
+func TestServerClosingIdleConnections(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var requests atomic.Int64
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			buf := make([]byte, 4096)
+			if n, _ := c.Read(buf); n > 0 {
+				requests.Add(1)
+				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+			}
+			c.Close()
+		}
+	}()
+	t.Cleanup(func() { l.Close(); <-done })
+
+	c := fast("http")
+	c.Jitter = 0
+	h := start(t, health.Options{Default: c})
+	k := discovery.Key{Upstream: "api", ID: "a"}
+	h.set(map[string][]discovery.Instance{"api": {instanceOf(t, "a", l.Addr().String())}})
+	st := h.wait(k, health.Healthy, 3*time.Second)
+	began, from := time.Now(), requests.Load()
+	testutil.Eventually(t, 10*time.Second, 10*time.Millisecond, func() bool { return requests.Load() >= from+10 }, "10 probes")
+	// One probe per 300 ms interval: 10 take at least 9 intervals (7 allows for the first wake-ups).
+	if d := time.Since(began); d < 7*c.Interval {
+		t.Errorf("10 probes in %s", d)
+	}
+	if f := st.Stats.Load().Failures; f != 0 {
+		t.Errorf("%d failed probes, last: %s", f, st.Stats.Load().LastError)
+	}
+}

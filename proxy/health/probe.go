@@ -175,6 +175,11 @@ func (p *prober) roundTrip(conn net.Conn, deadline time.Time) (keep net.Conn, er
 		closeConn(conn)
 	}
 	switch {
+	case resp.StatusCode == http.StatusRequestTimeout && !p.chk.statusOK(resp.StatusCode):
+		// Perhaps sent by the server on the idle connection before closing it (as net/http's
+		// Transport also assumes): on a kept connection, try once more on a new one.
+		closeConn(keep)
+		return nil, fmt.Errorf("http status %d, want %s", resp.StatusCode, p.chk.want), true
 	case !p.chk.statusOK(resp.StatusCode):
 		return keep, fmt.Errorf("http status %d, want %s", resp.StatusCode, p.chk.want), false
 	case rerr != nil:
