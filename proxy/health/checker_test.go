@@ -1,6 +1,7 @@
 package health_test
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net"
@@ -313,4 +314,26 @@ func TestServerClosingIdleConnections(t *testing.T) {
 	if f := st.Stats.Load().Failures; f != 0 {
 		t.Errorf("%d failed probes, last: %s", f, st.Stats.Load().LastError)
 	}
+}
+
+func TestRunOnceAndClosedMembers(t *testing.T) {
+	c, err := health.NewChecker(health.Options{Sink: newSink(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopped, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := c.Run(stopped); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if err := c.Run(context.Background()); err == nil {
+		t.Fatal("a second Run was not refused")
+	}
+
+	// With its membership channel closed, a checker runs on until ctx ends.
+	h := start(t, health.Options{Default: fast("none")})
+	h.set(map[string][]discovery.Instance{"api": {{ID: "a", Address: "127.0.0.1", Port: 1}}})
+	close(h.members)
+	h.c.SetChecks(fast("tcp"), nil)
+	h.wait(discovery.Key{Upstream: "api", ID: "a"}, health.Unhealthy, 3*time.Second)
 }
