@@ -127,7 +127,7 @@ func TestMembershipChangesLeaveOthersAlone(t *testing.T) {
 	a, na := countingServer(t)
 	b, _ := countingServer(t)
 	cs, _ := countingServer(t)
-	h := start(t, health.Options{Default: fast("http")})
+	h := start(t, health.Options{Default: steady("http")})
 	ka, kb, kc := discovery.Key{Upstream: "api", ID: "a"}, discovery.Key{Upstream: "api", ID: "b"}, discovery.Key{Upstream: "web", ID: "c"}
 	ia, ib, ic := instanceOf(t, "a", a.URL), instanceOf(t, "b", b.URL), instanceOf(t, "c", cs.URL)
 	h.set(map[string][]discovery.Instance{"api": {ia, ib}})
@@ -184,7 +184,7 @@ func TestSetChecksRestartsOnlyChanged(t *testing.T) {
 			w.WriteHeader(500)
 		}
 	})
-	def := fast("http")
+	def := steady("http")
 	h := start(t, health.Options{Default: def, Checks: map[string]health.CheckConfig{"api": def}})
 	ka, kw := discovery.Key{Upstream: "api", ID: "a"}, discovery.Key{Upstream: "web", ID: "w"}
 	h.set(map[string][]discovery.Instance{"api": {instanceOf(t, "a", srv.URL)}, "web": {instanceOf(t, "w", srv.URL)}})
