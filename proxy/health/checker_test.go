@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -336,4 +337,35 @@ func TestRunOnceAndClosedMembers(t *testing.T) {
 	close(h.members)
 	h.c.SetChecks(fast("tcp"), nil)
 	h.wait(discovery.Key{Upstream: "api", ID: "a"}, health.Unhealthy, 3*time.Second)
+}
+
+// The first probes of a new membership are spread over one interval, not sent at once.
+func TestFirstProbesSpread(t *testing.T) {
+	addr := tcpServer(t)
+	c := steady("tcp")
+	c.UnhealthyInterval = c.Interval
+	h := start(t, health.Options{Default: c})
+	var ins []discovery.Instance
+	for i := range 200 {
+		ins = append(ins, instanceOf(t, strconv.Itoa(i), addr))
+	}
+	began := time.Now()
+	h.set(map[string][]discovery.Instance{"api": ins})
+	var first, last time.Time
+	for i := range ins {
+		st := h.wait(discovery.Key{Upstream: "api", ID: strconv.Itoa(i)}, health.Healthy, 5*time.Second)
+		at := st.Since
+		if first.IsZero() || at.Before(first) {
+			first = at
+		}
+		if at.After(last) {
+			last = at
+		}
+	}
+	if d := last.Sub(first); d < 300*time.Millisecond {
+		t.Errorf("first probes within %s of each other", d)
+	}
+	if d := last.Sub(began); d > 2*c.Interval {
+		t.Errorf("last first probe after %s", d)
+	}
 }
