@@ -1,11 +1,13 @@
 package health_test
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -126,7 +128,7 @@ func TestMembershipChangesLeaveOthersAlone(t *testing.T) {
 	a, na := countingServer(t)
 	b, _ := countingServer(t)
 	cs, _ := countingServer(t)
-	h := start(t, health.Options{Default: fast("http")})
+	h := start(t, health.Options{Default: steady("http")})
 	ka, kb, kc := discovery.Key{Upstream: "api", ID: "a"}, discovery.Key{Upstream: "api", ID: "b"}, discovery.Key{Upstream: "web", ID: "c"}
 	ia, ib, ic := instanceOf(t, "a", a.URL), instanceOf(t, "b", b.URL), instanceOf(t, "c", cs.URL)
 	h.set(map[string][]discovery.Instance{"api": {ia, ib}})
@@ -183,7 +185,7 @@ func TestSetChecksRestartsOnlyChanged(t *testing.T) {
 			w.WriteHeader(500)
 		}
 	})
-	def := fast("http")
+	def := steady("http")
 	h := start(t, health.Options{Default: def, Checks: map[string]health.CheckConfig{"api": def}})
 	ka, kw := discovery.Key{Upstream: "api", ID: "a"}, discovery.Key{Upstream: "web", ID: "w"}
 	h.set(map[string][]discovery.Instance{"api": {instanceOf(t, "a", srv.URL)}, "web": {instanceOf(t, "w", srv.URL)}})
@@ -269,5 +271,101 @@ func TestFlapDamping(t *testing.T) {
 	st = h.wait(k, health.Healthy, 3*time.Second)
 	if st.Flapping || time.Since(held) < 600*time.Millisecond {
 		t.Errorf("served again after %s: %+v", time.Since(held), st)
+	}
+}
+
+// A server that closes every connection after its response (without saying so) is not probed more
+// often: once a probe triggered by a closed connection passes, closes trigger no probe; none fails.
+func TestServerClosingIdleConnections(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var requests atomic.Int64
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			buf := make([]byte, 4096)
+			if n, _ := c.Read(buf); n > 0 {
+				requests.Add(1)
+				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+			}
+			c.Close()
+		}
+	}()
+	t.Cleanup(func() { l.Close(); <-done })
+
+	c := fast("http")
+	c.Jitter = 0
+	h := start(t, health.Options{Default: c})
+	k := discovery.Key{Upstream: "api", ID: "a"}
+	h.set(map[string][]discovery.Instance{"api": {instanceOf(t, "a", l.Addr().String())}})
+	st := h.wait(k, health.Healthy, 3*time.Second)
+	began, from := time.Now(), requests.Load()
+	testutil.Eventually(t, 10*time.Second, 10*time.Millisecond, func() bool { return requests.Load() >= from+10 }, "10 probes")
+	// One probe per 300 ms interval: 10 take at least 9 intervals (7 allows for the first wake-ups).
+	if d := time.Since(began); d < 7*c.Interval {
+		t.Errorf("10 probes in %s", d)
+	}
+	if f := st.Stats.Load().Failures; f != 0 {
+		t.Errorf("%d failed probes, last: %s", f, st.Stats.Load().LastError)
+	}
+}
+
+func TestRunOnceAndClosedMembers(t *testing.T) {
+	c, err := health.NewChecker(health.Options{Sink: newSink(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopped, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := c.Run(stopped); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if err := c.Run(context.Background()); err == nil {
+		t.Fatal("a second Run was not refused")
+	}
+
+	// With its membership channel closed, a checker runs on until ctx ends.
+	h := start(t, health.Options{Default: fast("none")})
+	h.set(map[string][]discovery.Instance{"api": {{ID: "a", Address: "127.0.0.1", Port: 1}}})
+	close(h.members)
+	h.c.SetChecks(fast("tcp"), nil)
+	h.wait(discovery.Key{Upstream: "api", ID: "a"}, health.Unhealthy, 3*time.Second)
+}
+
+// The first probes of a new membership are spread over one interval, not sent at once.
+func TestFirstProbesSpread(t *testing.T) {
+	addr := tcpServer(t)
+	c := steady("tcp")
+	c.UnhealthyInterval = c.Interval
+	h := start(t, health.Options{Default: c})
+	var ins []discovery.Instance
+	for i := range 200 {
+		ins = append(ins, instanceOf(t, strconv.Itoa(i), addr))
+	}
+	began := time.Now()
+	h.set(map[string][]discovery.Instance{"api": ins})
+	var first, last time.Time
+	for i := range ins {
+		st := h.wait(discovery.Key{Upstream: "api", ID: strconv.Itoa(i)}, health.Healthy, 5*time.Second)
+		at := st.Since
+		if first.IsZero() || at.Before(first) {
+			first = at
+		}
+		if at.After(last) {
+			last = at
+		}
+	}
+	if d := last.Sub(first); d < 300*time.Millisecond {
+		t.Errorf("first probes within %s of each other", d)
+	}
+	if d := last.Sub(began); d > 2*c.Interval {
+		t.Errorf("last first probe after %s", d)
 	}
 }

@@ -36,6 +36,8 @@ type prober struct {
 	wake     bool     // probe again at once when the probe in flight ends
 	edge     bool     // next probe after edge_interval when the probe in flight ends
 	lastWake int64    // scheduler time of the last probe triggered by a closed connection
+	woken    bool     // the next probe is triggered by a closed connection
+	benign   bool     // the instance closes idle connections yet passes: closes trigger no probe
 	conn     net.Conn // kept between probes
 	watched  net.Conn // the connection in the watcher's set, if any
 	wid      uint32   // watcher slot, 0 if none
@@ -137,6 +139,8 @@ func (p *prober) probe(ctx context.Context) {
 	p.inflight = true
 	conn, gc := p.takeConn(), p.grpc
 	p.grpc = nil
+	woken, kept := p.woken, conn != nil || gc != nil
+	p.woken = false
 	p.mu.Unlock()
 
 	startMono := p.c.sched.now()
@@ -157,6 +161,12 @@ func (p *prober) probe(ctx context.Context) {
 		p.keepConn(conn)
 	} else {
 		p.watched = nil
+	}
+	switch {
+	case woken && err == nil:
+		p.benign = true // the close was the instance's habit, not a crash
+	case kept && err == nil:
+		p.benign = false // connections live from probe to probe again
 	}
 	p.stats.Record(end, end.Sub(start), err)
 	if err == nil {
@@ -241,8 +251,8 @@ func (p *prober) observe(now time.Time, err error) {
 }
 
 // closed is called when the instance closed or reset the kept connection of watch generation gen:
-// perhaps it crashed, so probe at once (at most once per interval, lest a server that closes idle
-// connections be probed in a loop).
+// perhaps it crashed, so probe at once. If that probe passes, the instance merely closes idle
+// connections: its closes trigger no probe until a connection lives from one probe to the next.
 func (p *prober) closed(gen uint32) {
 	p.mu.Lock()
 	if p.stopped || p.inflight || gen != p.wgen || p.conn == nil || p.conn != p.watched {
@@ -273,11 +283,12 @@ func (p *prober) grpcClosed(gc *grpcConn) {
 	}()
 }
 
-// wakeLocked probes at once after a closed connection, rate limited. Called with mu held.
+// wakeLocked probes at once after a closed connection, unless the instance is known to close idle
+// connections, and at most once per interval. Called with mu held.
 func (p *prober) wakeLocked() {
 	p.up.met.closed.Inc()
 	now := p.c.sched.now()
-	if p.lastWake != 0 && now-p.lastWake < int64(p.chk.cfg.Interval) {
+	if p.benign || p.lastWake != 0 && now-p.lastWake < int64(p.chk.cfg.Interval) {
 		return
 	}
 	p.lastWake = now
@@ -285,5 +296,7 @@ func (p *prober) wakeLocked() {
 		p.wake = true
 		return
 	}
-	p.c.sched.advance(p, now)
+	if p.c.sched.advance(p, now) {
+		p.woken = true
+	}
 }
