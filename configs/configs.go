@@ -20,8 +20,10 @@ import (
 	"github.com/vigil-sidecar/vigil/discovery/consul"
 	"github.com/vigil-sidecar/vigil/discovery/static"
 	"github.com/vigil-sidecar/vigil/proxy/admin"
+	"github.com/vigil-sidecar/vigil/proxy/dns"
 	"github.com/vigil-sidecar/vigil/proxy/health"
 	"github.com/vigil-sidecar/vigil/proxy/table"
+	"github.com/vigil-sidecar/vigil/xds"
 )
 
 // Default is the embedded default configuration (configs/vigil.yaml).
@@ -45,8 +47,12 @@ type Config struct {
 	Service consul.Service `yaml:"service"`
 	// Defaults apply to every upstream that does not set its own values.
 	Defaults Defaults `yaml:"defaults"`
+	// DNS configures the DNS frontend.
+	DNS dns.Config `yaml:"dns"`
 	// Upstreams are the services that the local service calls.
 	Upstreams []Upstream `yaml:"upstreams"`
+	// XDS configures the xDS control plane for Envoy and proxyless gRPC clients.
+	XDS xds.Config `yaml:"xds"`
 }
 
 // Node describes the machine vigil runs on.
@@ -81,6 +87,8 @@ type Defaults struct {
 	Check health.CheckConfig `yaml:"check"`
 	// Policy is the default serving policy (panic threshold, zone preference).
 	table.Policy `yaml:",inline"`
+	// DNS is the default per-upstream DNS settings (answer TTL).
+	DNS dns.UpstreamConfig `yaml:"dns"`
 }
 
 // Upstream is one service the local service calls.
@@ -95,6 +103,10 @@ type Upstream struct {
 	Check health.CheckConfig `yaml:"check"`
 	// Policy overrides the default serving policy.
 	table.Policy `yaml:",inline"`
+	// XDS is how the upstream is served over xDS (listener port, protocol, timeouts).
+	XDS xds.UpstreamConfig `yaml:"xds"`
+	// DNS overrides fields of defaults.dns.
+	DNS dns.UpstreamConfig `yaml:"dns"`
 }
 
 // Builtin returns the built-in defaults that a configuration file overrides.
@@ -106,7 +118,9 @@ func Builtin() Config {
 		Discovery: Discovery{MaxStateAge: 24 * time.Hour},
 		Consul:    consul.DefaultConfig(),
 		Service:   consul.DefaultService(),
-		Defaults:  Defaults{Check: health.DefaultCheck(), Policy: table.DefaultPolicy()},
+		Defaults:  Defaults{Check: health.DefaultCheck(), Policy: table.DefaultPolicy(), DNS: dns.DefaultUpstream()},
+		XDS:       xds.DefaultConfig(),
+		DNS:       dns.DefaultConfig(),
 	}
 }
 
@@ -139,7 +153,7 @@ func Parse(data []byte) (*Config, error) {
 	if seq := mappingValue(&doc, "upstreams"); seq != nil && seq.Kind == yaml.SequenceNode {
 		cfg.Upstreams = make([]Upstream, len(seq.Content))
 		for i, n := range seq.Content {
-			u := Upstream{Check: cloneCheck(cfg.Defaults.Check), Policy: cfg.Defaults.Policy}
+			u := Upstream{Check: cloneCheck(cfg.Defaults.Check), Policy: cfg.Defaults.Policy, DNS: cfg.Defaults.DNS}
 			n.Decode(&u)
 			cfg.Upstreams[i] = u
 		}
@@ -213,7 +227,11 @@ func (c *Config) Validate() error {
 	}
 	errs.Add("defaults.check", c.Defaults.Check.Validate())
 	errs.Add("defaults", c.Defaults.Policy.Validate())
+	errs.Add("xds", c.XDS.Validate())
+	errs.Add("defaults.dns", c.Defaults.DNS.Validate())
+	errs.Add("dns", c.DNS.Validate())
 	seen := map[string]int{}
+	ports := map[int]int{}
 	for i, u := range c.Upstreams {
 		p := fmt.Sprintf("upstreams[%d]", i)
 		switch j, dup := seen[u.Name]; {
@@ -228,6 +246,13 @@ func (c *Config) Validate() error {
 		}
 		errs.Add(p+".check", u.Check.Validate())
 		errs.Add(p, u.Policy.Validate())
+		errs.Add(p+".xds", u.XDS.Validate())
+		if j, dup := ports[u.XDS.ListenPort]; dup && u.XDS.ListenPort > 0 {
+			errs.Addf(p+".xds.listen_port", "%d is already the listen_port of upstreams[%d]", u.XDS.ListenPort, j)
+		} else if u.XDS.ListenPort > 0 {
+			ports[u.XDS.ListenPort] = i
+		}
+		errs.Add(p+".dns", u.DNS.Validate())
 		if u.Consul != nil {
 			errs.Add(p+".consul", u.Consul.Validate())
 			if !c.Consul.Enabled {
@@ -280,6 +305,29 @@ func (c *Config) TableConfig() table.Config {
 		tc.Upstreams[u.Name] = u.Policy
 	}
 	return tc
+}
+
+// XDSConfig returns the xDS server's configuration, with each upstream's xds settings.
+func (c *Config) XDSConfig() xds.Config {
+	x := c.XDS
+	x.Upstreams = make(map[string]xds.UpstreamConfig, len(c.Upstreams))
+	for _, u := range c.Upstreams {
+		x.Upstreams[u.Name] = u.XDS
+	}
+	return x
+}
+
+// DNSConfig returns the DNS frontend's configuration, with the local datacenter and
+// the answer TTL of each upstream.
+func (c *Config) DNSConfig() dns.Config {
+	d := c.DNS
+	d.Datacenter = c.Node.Datacenter
+	d.TTL = c.Defaults.DNS.TTL
+	d.TTLs = make(map[string]time.Duration, len(c.Upstreams))
+	for _, u := range c.Upstreams {
+		d.TTLs[u.Name] = u.DNS.TTL
+	}
+	return d
 }
 
 // Checks returns the health check of each upstream.

@@ -89,3 +89,28 @@ upstreams:
 		t.Errorf("b kind = %q, want inherited http", cfg.Upstreams[1].Check.Kind)
 	}
 }
+
+func TestDNSConfig(t *testing.T) {
+	cfg, err := configs.Parse([]byte(`
+node: {datacenter: east}
+defaults:
+  dns: {ttl: 10s}
+dns: {domain: vigil., alt_domain: consul.}
+upstreams:
+  - name: a
+    dns: {ttl: 1s}
+    instances: [{address: 127.0.0.1, port: 1}]
+  - name: b
+    instances: [{address: 127.0.0.1, port: 2}]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := cfg.DNSConfig()
+	if d.Datacenter != "east" || d.TTL != 10*time.Second || d.TTLs["a"] != time.Second || d.TTLs["b"] != 10*time.Second {
+		t.Errorf("DNSConfig = %+v: want datacenter east, default ttl 10s, a 1s, b inherited 10s", d)
+	}
+	if d.Domain != "vigil." || d.Listen != "127.0.0.1:8600" {
+		t.Errorf("DNSConfig = %+v: want domain vigil., default listen", d)
+	}
+}

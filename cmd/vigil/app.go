@@ -15,8 +15,10 @@ import (
 	"github.com/vigil-sidecar/vigil/discovery"
 	"github.com/vigil-sidecar/vigil/discovery/static"
 	"github.com/vigil-sidecar/vigil/proxy/admin"
+	"github.com/vigil-sidecar/vigil/proxy/dns"
 	"github.com/vigil-sidecar/vigil/proxy/health"
 	"github.com/vigil-sidecar/vigil/proxy/table"
+	"github.com/vigil-sidecar/vigil/xds"
 )
 
 // app is one running vigil: every part wired together.
@@ -30,6 +32,8 @@ type app struct {
 	checker *health.Checker
 	admin   *admin.Server
 	consul  *consulParts // nil when consul is off
+	xds     *xds.Server
+	dns     *dns.Server // nil when dns.listen is ""
 
 	demo   bool                            // serve demo instances too
 	reload func() (*configs.Config, error) // reads the configuration again on SIGHUP
@@ -60,7 +64,7 @@ func newApp(cfg *configs.Config, log *slog.Logger) (*app, error) {
 	a.checker, err = health.NewChecker(health.Options{
 		Default:    cfg.Defaults.Check,
 		Checks:     cfg.Checks(),
-		Sink:       &logSink{next: a.table, log: log},
+		Sink:       a.table,
 		Members:    a.manager.SyncCh(),
 		Registerer: a.reg,
 		Logger:     log,
@@ -69,6 +73,14 @@ func newApp(cfg *configs.Config, log *slog.Logger) (*app, error) {
 		return nil, fmt.Errorf("health: %w", err)
 	}
 	a.admin = admin.New(cfg.Admin, a.table, a.reg, log)
+	if cfg.DNS.Listen != "" {
+		if a.dns, err = dns.New(cfg.DNSConfig(), a.table, a.reg, log.With("part", "dns")); err != nil {
+			return nil, err
+		}
+	}
+	if a.xds, err = xds.New(cfg.XDSConfig(), a.table, a.reg, log.With("part", "xds")); err != nil {
+		return nil, err
+	}
 	return a, nil
 }
 
@@ -86,6 +98,10 @@ func (a *app) Run(ctx context.Context) error {
 	g.Go(func() error { return a.manager.Run(ctx) })
 	g.Go(func() error { return a.checker.Run(ctx) })
 	g.Go(func() error { return a.admin.Run(ctx) })
+	g.Go(func() error { return a.xds.Run(ctx) })
+	if a.dns != nil {
+		g.Go(func() error { return a.dns.Run(ctx) })
+	}
 	a.consul.start(ctx, g, a.table)
 	g.Go(func() error { a.watchReload(ctx); return nil })
 	return g.Wait()
@@ -113,38 +129,17 @@ func (a *app) apply(cfg *configs.Config) {
 	cfg.Node.Name = a.cfg.Node.Name
 	a.table.SetConfig(cfg.TableConfig())
 	a.checker.SetChecks(cfg.Defaults.Check, cfg.Checks())
+	if a.dns != nil {
+		d := cfg.DNSConfig()
+		a.dns.SetTTLs(d.TTL, d.TTLs)
+	}
 	a.static.Set(cfg.StaticUpstreams())
+	if err := a.xds.SetConfig(cfg.XDSConfig()); err != nil {
+		a.log.Error("vigil: reload: xds", "err", err)
+	}
 	a.consul.apply(cfg)
 	a.cfg = cfg
 	a.log.Info("vigil: configuration reloaded", "upstreams", len(cfg.Upstreams))
-}
-
-// logSink logs every state change on its way to the table.
-type logSink struct {
-	next health.Sink
-	log  *slog.Logger
-}
-
-func (s *logSink) SetMembership(m discovery.Membership, st map[discovery.Key]health.Status) {
-	n := 0
-	for _, u := range m.Upstreams {
-		n += len(u.Instances)
-	}
-	s.log.Info("membership", "upstreams", len(m.Upstreams), "instances", n, "synced", m.Ready)
-	s.next.SetMembership(m, st)
-}
-
-func (s *logSink) SetStatus(k discovery.Key, st health.Status) {
-	attrs := []any{"upstream", k.Upstream, "instance", k.ID}
-	switch {
-	case st.State == health.Healthy:
-		s.log.Info("instance healthy", attrs...)
-	case st.Flapping:
-		s.log.Warn("instance flapping: held unhealthy", append(attrs, "reason", st.Reason)...)
-	default:
-		s.log.Warn("instance "+st.State.String(), append(attrs, "reason", st.Reason)...)
-	}
-	s.next.SetStatus(k, st)
 }
 
 // drain takes the local service out of Consul (when registered) before the parts stop.

@@ -93,7 +93,7 @@ func (d *demo) Run(ctx context.Context) error {
 				continue
 			}
 			down = d.insts[i%len(d.insts)]
-			crash := (i/len(d.insts))%2 == 0 || down.kind == hc.KindTCP || down.kind == hc.KindTLS
+			crash := i%2 == 0 || down.kind == hc.KindTCP || down.kind == hc.KindTLS
 			if crash {
 				d.log.Info("demo: crashing instance", "upstream", down.upstream, "addr", down.addr)
 				down.crash()

@@ -175,6 +175,8 @@ func TestEndToEnd(t *testing.T) {
 	}
 	base := startApp(t, fmt.Sprintf(`
 admin: {listen: "127.0.0.1:0"}
+xds: {listen: "127.0.0.1:0"}
+dns: {listen: "127.0.0.1:0"}
 defaults:
   check: {interval: %s, unhealthy_interval: %s, edge_interval: 50ms, timeout: 200ms, healthy_threshold: %d, unhealthy_threshold: %d}
 upstreams:
@@ -234,6 +236,8 @@ upstreams:
 func TestUnresolvableAndClosed(t *testing.T) {
 	base := startApp(t, fmt.Sprintf(`
 admin: {listen: "127.0.0.1:0"}
+xds: {listen: "127.0.0.1:0"}
+dns: {listen: "127.0.0.1:0"}
 defaults:
   check: {interval: 200ms, unhealthy_interval: 200ms, edge_interval: 50ms, timeout: 100ms}
 upstreams:
@@ -261,6 +265,8 @@ func TestStatusCommand(t *testing.T) {
 	defer b.kill()
 	base := startApp(t, fmt.Sprintf(`
 admin: {listen: "127.0.0.1:0"}
+xds: {listen: "127.0.0.1:0"}
+dns: {listen: "127.0.0.1:0"}
 defaults: {check: {interval: 200ms, timeout: 100ms, unhealthy_interval: 200ms}}
 upstreams:
   - name: db
@@ -313,7 +319,7 @@ func TestSignals(t *testing.T) {
 	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGINT} {
 		t.Run(sig.String(), func(t *testing.T) {
 			cfg := filepath.Join(t.TempDir(), "vigil.yaml")
-			os.WriteFile(cfg, []byte(fmt.Sprintf("admin: {listen: \"127.0.0.1:%d\"}\nupstreams:\n  - name: a\n    instances: [{address: 127.0.0.1, port: %d}]\n",
+			os.WriteFile(cfg, []byte(fmt.Sprintf("admin: {listen: \"127.0.0.1:%d\"}\nxds: {listen: \"127.0.0.1:0\"}\ndns: {listen: \"127.0.0.1:0\"}\nupstreams:\n  - name: a\n    instances: [{address: 127.0.0.1, port: %d}]\n",
 				testutil.FreePort(t), testutil.FreePort(t))), 0o600)
 			cmd := exec.Command(os.Args[0], "run", "-config", cfg)
 			cmd.Env = append(os.Environ(), "VIGIL_TEST_MAIN=1")

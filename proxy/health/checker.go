@@ -19,7 +19,7 @@ import (
 
 // Options configures a Checker.
 type Options struct {
-	Default    CheckConfig            // for upstreams not in Checks
+	Default    CheckConfig            // for upstreams not in Checks; the zero value means DefaultCheck()
 	Checks     map[string]CheckConfig // per upstream name
 	Sink       Sink                   // e.g. *table.Table
 	Members    <-chan discovery.Membership
@@ -28,7 +28,7 @@ type Options struct {
 }
 
 // maxInFlight bounds the probes in flight at once; the scheduler waits when it is reached.
-const maxInFlight = 4096
+const maxInFlight = 8192
 
 // batchStatuses is the number of pending status changes above which the sink gets one
 // SetMembership instead of a SetStatus per instance.
@@ -72,6 +72,7 @@ func NewChecker(o Options) (*Checker, error) {
 	if o.Sink == nil {
 		return nil, errors.New("health: options: sink is required")
 	}
+	o.Default = orDefault(o.Default)
 	var errs field.Errors
 	errs.Add("default", o.Default.Validate())
 	for name, c := range o.Checks {
@@ -244,7 +245,7 @@ func (c *Checker) checkOf(upstream string) CheckConfig {
 func (c *Checker) SetChecks(def CheckConfig, checks map[string]CheckConfig) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.def, c.checks = def, checks
+	c.def, c.checks = orDefault(def), checks
 	now := time.Now()
 	for name, u := range c.ups {
 		cfg := c.checkOf(name)
@@ -330,4 +331,12 @@ func spread(d time.Duration) time.Duration {
 		return 0
 	}
 	return rand.N(d)
+}
+
+// orDefault returns c, or DefaultCheck() if c is the zero value.
+func orDefault(c CheckConfig) CheckConfig {
+	if reflect.DeepEqual(c, CheckConfig{}) {
+		return DefaultCheck()
+	}
+	return c
 }

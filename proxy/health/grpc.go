@@ -67,6 +67,10 @@ func (p *prober) newGRPC() (*grpcConn, error) {
 		grpc.WithTransportCredentials(creds),
 		grpc.WithContextDialer(gc.dial),
 		grpc.WithUserAgent("vigil-health/1"),
+		// A probe sends and receives a few bytes: small buffers, released while idle.
+		grpc.WithReadBufferSize(4096),
+		grpc.WithWriteBufferSize(4096),
+		grpc.WithSharedWriteBuffer(true),
 		grpc.WithConnectParams(grpc.ConnectParams{
 			Backoff:           backoff.Config{BaseDelay: cfg.EdgeInterval, Multiplier: 1.6, Jitter: 0.2, MaxDelay: cfg.Interval},
 			MinConnectTimeout: cfg.Timeout,

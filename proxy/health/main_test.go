@@ -147,4 +147,13 @@ func fast(kind string) health.CheckConfig {
 	return c
 }
 
+// steady is a check for tests that must see no spurious failure even on a loaded machine: a long
+// timeout, yet a quick first probe (within unhealthy_interval).
+func steady(kind string) health.CheckConfig {
+	c := fast(kind)
+	c.Interval, c.Timeout = time.Second, 900*time.Millisecond
+	c.UnhealthyInterval = c.Timeout + 10*time.Millisecond
+	return c
+}
+
 var errTest = errors.New("test")

@@ -175,6 +175,11 @@ func (p *prober) roundTrip(conn net.Conn, deadline time.Time) (keep net.Conn, er
 		closeConn(conn)
 	}
 	switch {
+	case resp.StatusCode == http.StatusRequestTimeout && !p.chk.statusOK(resp.StatusCode):
+		// Perhaps sent by the server on the idle connection before closing it (as net/http's
+		// Transport also assumes): on a kept connection, try once more on a new one.
+		closeConn(keep)
+		return nil, fmt.Errorf("http status %d, want %s", resp.StatusCode, p.chk.want), true
 	case !p.chk.statusOK(resp.StatusCode):
 		return keep, fmt.Errorf("http status %d, want %s", resp.StatusCode, p.chk.want), false
 	case rerr != nil:
@@ -201,17 +206,18 @@ func readBody(body io.Reader, buf []byte) (n int, complete bool, err error) {
 
 // closeConn closes a probe connection; a plain TCP one with a reset, which leaves no TIME_WAIT
 // behind (10,000 instances probed each second would leave 600,000).
+// A TLS connection is closed without a close_notify: its peer may be gone.
 func closeConn(conn net.Conn) {
-	switch c := conn.(type) {
-	case nil:
-	case *net.TCPConn:
-		_ = c.SetLinger(0)
-		_ = c.Close()
-	case *tls.Conn:
-		_ = c.NetConn().Close()
-	default:
-		_ = c.Close()
+	if conn == nil {
+		return
 	}
+	if tc, ok := conn.(*tls.Conn); ok {
+		conn = tc.NetConn()
+	}
+	if tc, ok := conn.(*net.TCPConn); ok {
+		_ = tc.SetLinger(0)
+	}
+	_ = conn.Close()
 }
 
 // shortErr makes a probe error short and clear for people.

@@ -76,6 +76,12 @@ func tcpServer(t *testing.T) string {
 }
 
 func grpcServer(t *testing.T) string {
+	addr, _ := grpcServerStop(t)
+	return addr
+}
+
+// grpcServerStop returns the address of a gRPC health server and a function that stops it.
+func grpcServerStop(t *testing.T) (string, func()) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -88,8 +94,10 @@ func grpcServer(t *testing.T) string {
 	healthpb.RegisterHealthServer(s, hs)
 	done := make(chan struct{})
 	go func() { defer close(done); _ = s.Serve(l) }()
-	t.Cleanup(func() { s.Stop(); <-done })
-	return l.Addr().String()
+	var once sync.Once
+	stop := func() { once.Do(func() { s.Stop(); <-done }) }
+	t.Cleanup(stop)
+	return l.Addr().String(), stop
 }
 
 // caFile writes the certificate of a TLS test server as a PEM file.

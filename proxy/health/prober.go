@@ -3,6 +3,7 @@ package health
 import (
 	"context"
 	"crypto/tls"
+	"log/slog"
 	"net"
 	"strconv"
 	"sync"
@@ -32,12 +33,15 @@ type prober struct {
 	status   Status
 	stopped  bool
 	inflight bool
-	wake     bool  // probe again at once when the probe in flight ends
-	edge     bool  // next probe after edge_interval when the probe in flight ends
-	lastWake int64 // scheduler time of the last probe triggered by a closed connection
-	conn     net.Conn
-	wid      uint32 // watcher slot, 0 if none
-	wgen     uint32 // watch generation: events of an older one are stale
+	wake     bool     // probe again at once when the probe in flight ends
+	edge     bool     // next probe after edge_interval when the probe in flight ends
+	lastWake int64    // scheduler time of the last probe triggered by a closed connection
+	woken    bool     // the next probe is triggered by a closed connection
+	benign   bool     // the instance closes idle connections yet passes: closes trigger no probe
+	conn     net.Conn // kept between probes
+	watched  net.Conn // the connection in the watcher's set, if any
+	wid      uint32   // watcher slot, 0 if none
+	wgen     uint32   // generation of watched: events of an older one are stale
 	grpc     *grpcConn
 	req      []byte      // the http request, built at the first http probe
 	tlsCfg   *tls.Config // built at the first TLS probe
@@ -102,30 +106,26 @@ func (p *prober) stop() {
 	gc.close()
 }
 
-// takeConn returns the kept connection, no longer watched. Called with mu held.
+// takeConn returns the kept connection. It stays in the watcher's set until closed (closing
+// removes it), but its hang-ups are ignored while it is taken. Called with mu held.
 func (p *prober) takeConn() net.Conn {
 	conn := p.conn
-	if conn == nil {
-		return nil
-	}
 	p.conn = nil
-	p.wgen++
-	if p.c.watch != nil {
-		p.c.watch.unwatch(conn)
-	}
 	return conn
 }
 
-// keepConn keeps conn until the next probe and watches it. Called with mu held.
+// keepConn keeps conn until the next probe and watches it for hang-ups; a connection kept again
+// (HTTP keep-alive) is already watched, which costs no system call. Called with mu held.
 func (p *prober) keepConn(conn net.Conn) {
 	p.conn = conn
-	if p.c.watch == nil {
+	if p.c.watch == nil || conn == p.watched {
 		return
 	}
 	if p.wid == 0 {
 		p.wid = p.c.watch.register(p)
 	}
 	p.wgen++
+	p.watched = conn
 	p.c.watch.watch(conn, p.wid, p.wgen)
 }
 
@@ -139,6 +139,8 @@ func (p *prober) probe(ctx context.Context) {
 	p.inflight = true
 	conn, gc := p.takeConn(), p.grpc
 	p.grpc = nil
+	woken, kept := p.woken, conn != nil || gc != nil
+	p.woken = false
 	p.mu.Unlock()
 
 	startMono := p.c.sched.now()
@@ -157,6 +159,14 @@ func (p *prober) probe(ctx context.Context) {
 	p.grpc = gc
 	if conn != nil {
 		p.keepConn(conn)
+	} else {
+		p.watched = nil
+	}
+	switch {
+	case woken && err == nil:
+		p.benign = true // the close was the instance's habit, not a crash
+	case kept && err == nil:
+		p.benign = false // connections live from probe to probe again
 	}
 	p.stats.Record(end, end.Sub(start), err)
 	if err == nil {
@@ -173,8 +183,8 @@ func (p *prober) probe(ctx context.Context) {
 	switch {
 	case p.wake:
 		due = now
-	case edge:
-		due = startMono + int64(cfg.EdgeInterval)
+	case edge: // counted from the end: a probe that timed out is not followed by another at once
+		due = now + int64(cfg.EdgeInterval)
 	default:
 		due = startMono + int64(p.chk.interval(p.status.State == Unhealthy))
 	}
@@ -223,9 +233,13 @@ func (p *prober) observe(now time.Time, err error) {
 	}
 	if st.State != p.status.State {
 		st.Since = now
+		level := slog.LevelInfo
+		if p.status.State == Unknown {
+			level = slog.LevelDebug // a first verdict
+		}
 		if st.State == Healthy {
 			p.up.met.toHealthy.Inc()
-			p.c.log.Info("health: instance healthy", "upstream", p.key.Upstream, "id", p.key.ID, "address", p.hostport)
+			p.c.log.Log(context.Background(), level, "health: instance healthy", "upstream", p.key.Upstream, "id", p.key.ID, "address", p.hostport)
 		} else {
 			p.up.met.toUnhealthy.Inc()
 			p.c.log.Info("health: instance unhealthy", "upstream", p.key.Upstream, "id", p.key.ID,
@@ -237,15 +251,16 @@ func (p *prober) observe(now time.Time, err error) {
 }
 
 // closed is called when the instance closed or reset the kept connection of watch generation gen:
-// perhaps it crashed, so probe at once (at most once per interval, lest a server that closes idle
-// connections be probed in a loop).
+// perhaps it crashed, so probe at once. If that probe passes, the instance merely closes idle
+// connections: its closes trigger no probe until a connection lives from one probe to the next.
 func (p *prober) closed(gen uint32) {
 	p.mu.Lock()
-	if p.stopped || p.inflight || gen != p.wgen || p.conn == nil {
+	if p.stopped || p.inflight || gen != p.wgen || p.conn == nil || p.conn != p.watched {
 		p.mu.Unlock()
 		return
 	}
 	conn := p.takeConn()
+	p.watched = nil
 	p.wakeLocked()
 	p.mu.Unlock()
 	closeConn(conn)
@@ -268,11 +283,12 @@ func (p *prober) grpcClosed(gc *grpcConn) {
 	}()
 }
 
-// wakeLocked probes at once after a closed connection, rate limited. Called with mu held.
+// wakeLocked probes at once after a closed connection, unless the instance is known to close idle
+// connections, and at most once per interval. Called with mu held.
 func (p *prober) wakeLocked() {
 	p.up.met.closed.Inc()
 	now := p.c.sched.now()
-	if p.lastWake != 0 && now-p.lastWake < int64(p.chk.cfg.Interval) {
+	if p.benign || p.lastWake != 0 && now-p.lastWake < int64(p.chk.cfg.Interval) {
 		return
 	}
 	p.lastWake = now
@@ -280,5 +296,7 @@ func (p *prober) wakeLocked() {
 		p.wake = true
 		return
 	}
-	p.c.sched.advance(p, now)
+	if p.c.sched.advance(p, now) {
+		p.woken = true
+	}
 }

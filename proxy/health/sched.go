@@ -96,24 +96,9 @@ func (s *sched) run(ctx context.Context, dispatch func(p *prober, lag time.Durat
 	var batch []*prober
 	var lags []time.Duration
 	for {
-		s.mu.Lock()
 		now := s.now()
-		for len(s.heap) > 0 && s.heap[0].due <= now+int64(slack) {
-			p := s.heap[0]
-			lags = append(lags, time.Duration(max(now-p.due, 0)))
-			n := len(s.heap) - 1
-			s.swap(0, n)
-			s.heap[n] = nil
-			s.heap = s.heap[:n]
-			p.idx = -1
-			s.down(0)
-			batch = append(batch, p)
-		}
-		wait := time.Duration(-1)
-		if len(s.heap) > 0 {
-			wait = time.Duration(s.heap[0].due - now)
-		}
-		s.mu.Unlock()
+		var wait time.Duration
+		batch, lags, wait = s.popDue(now, batch, lags)
 		for i, p := range batch {
 			dispatch(p, lags[i])
 			batch[i] = nil
@@ -133,6 +118,28 @@ func (s *sched) run(ctx context.Context, dispatch func(p *prober, lag time.Durat
 		}
 		timer.Stop()
 	}
+}
+
+// popDue takes every prober due by now (plus slack) out of the heap, in order, with its lag,
+// and returns how long to wait for the next one (-1: none).
+func (s *sched) popDue(now int64, batch []*prober, lags []time.Duration) ([]*prober, []time.Duration, time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for len(s.heap) > 0 && s.heap[0].due <= now+int64(slack) {
+		p := s.heap[0]
+		lags = append(lags, time.Duration(max(now-p.due, 0)))
+		n := len(s.heap) - 1
+		s.swap(0, n)
+		s.heap[n] = nil
+		s.heap = s.heap[:n]
+		p.idx = -1
+		s.down(0)
+		batch = append(batch, p)
+	}
+	if len(s.heap) == 0 {
+		return batch, lags, -1
+	}
+	return batch, lags, time.Duration(s.heap[0].due - now)
 }
 
 func (s *sched) swap(i, j int) {

@@ -10,7 +10,8 @@ import (
 // watcher notices, with one epoll set and one goroutine for every instance, when an instance
 // closes or resets a probe connection kept idle between probes, so that a crash is probed at once
 // rather than at the next interval. Only hang-ups are watched (EPOLLRDHUP, EPOLLHUP, EPOLLERR),
-// not data, so a TLS session ticket is not mistaken for a close.
+// not data, so a TLS session ticket is not mistaken for a close. A connection is added once, edge
+// triggered, and leaves the set when closed: an HTTP probe on a kept connection costs no epoll call.
 type watcher struct {
 	epfd int
 	wake [2]int // a pipe that stops run
@@ -58,20 +59,13 @@ func (w *watcher) forget(id uint32) {
 	w.mu.Unlock()
 }
 
-const watchEvents = syscall.EPOLLRDHUP | syscall.EPOLLHUP | syscall.EPOLLERR | syscall.EPOLLONESHOT
+const watchEvents = syscall.EPOLLRDHUP | syscall.EPOLLHUP | syscall.EPOLLERR | -syscall.EPOLLET
 
 // watch reports a hang-up of conn to the prober in slot id, with generation gen.
 func (w *watcher) watch(conn net.Conn, id, gen uint32) {
 	control(conn, func(fd int) {
 		ev := syscall.EpollEvent{Events: watchEvents, Fd: int32(id), Pad: int32(gen)}
 		_ = syscall.EpollCtl(w.epfd, syscall.EPOLL_CTL_ADD, fd, &ev)
-	})
-}
-
-// unwatch stops watching conn.
-func (w *watcher) unwatch(conn net.Conn) {
-	control(conn, func(fd int) {
-		_ = syscall.EpollCtl(w.epfd, syscall.EPOLL_CTL_DEL, fd, nil)
 	})
 }
 

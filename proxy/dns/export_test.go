@@ -1,0 +1,20 @@
+package dns
+
+// AnswerWire answers pkt as the UDP fast path does; ok is false when the fast path leaves
+// it to the miekg/dns path.
+func (s *Server) AnswerWire(pkt []byte) ([]byte, bool) {
+	var name [256]byte
+	req, lname, ok := parseWire(pkt, &name)
+	if !ok {
+		return nil, false
+	}
+	pq, ok := s.parse(lname)
+	if !ok {
+		return nil, false
+	}
+	b, _, _, err := s.answer(make([]byte, 0, maxUDP), &req, &pq)
+	return b, err == nil
+}
+
+// UseMiekgUDP makes Run serve UDP as it does on a wildcard address.
+func (s *Server) UseMiekgUDP() { s.miekgUDP = true }
