@@ -295,11 +295,7 @@ func (d *Discovery) watchCatalog(ctx context.Context, out chan<- catalogEvent) {
 			continue
 		}
 		failures = 0
-		if meta.LastIndex < index {
-			index = 0
-		} else {
-			index = meta.LastIndex
-		}
+		index = nextIndex(index, meta.LastIndex)
 		set := map[string]bool{}
 		for n := range svcs {
 			if n != "consul" && upstreamName.MatchString(n) {

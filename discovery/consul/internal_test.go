@@ -36,3 +36,13 @@ func TestEndpoint(t *testing.T) {
 		}
 	}
 }
+
+func TestNextIndex(t *testing.T) {
+	for _, c := range []struct{ prev, got, want uint64 }{
+		{0, 10, 10}, {10, 10, 10}, {10, 12, 12}, {10, 5, 0}, {0, 0, 1}, {5, 0, 0},
+	} {
+		if got := nextIndex(c.prev, c.got); got != c.want {
+			t.Errorf("nextIndex(%d, %d) = %d, want %d", c.prev, c.got, got, c.want)
+		}
+	}
+}

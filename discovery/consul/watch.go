@@ -123,11 +123,7 @@ func (w *watcher) run(ctx context.Context, events chan<- event) {
 			w.log.Info("consul: watch recovered", "upstream", w.upstream, "datacenter", w.dcLabel(), "failures", failures)
 		}
 		failures = 0
-		if meta.LastIndex < index {
-			index = 0 // the index went backwards (e.g. a restored snapshot): start over
-		} else {
-			index = meta.LastIndex
-		}
+		index = nextIndex(index, meta.LastIndex)
 		now := time.Now()
 		w.mu.Lock()
 		w.synced, w.failing = now, false
@@ -193,6 +189,20 @@ func (w *watcher) instances(entries []*api.ServiceEntry) []discovery.Instance {
 	}
 	slices.SortFunc(out, func(a, b discovery.Instance) int { return cmp.Compare(a.ID, b.ID) })
 	return out
+}
+
+// nextIndex is the index of the next blocking query after an answer at index got, as Consul's
+// blocking-query guide asks: start over (0, no blocking) when the index went backwards (a restored
+// snapshot, a new cluster), and never block on an index below 1 (that would return at once).
+func nextIndex(prev, got uint64) uint64 {
+	switch {
+	case got < prev:
+		return 0
+	case got < 1:
+		return 1
+	default:
+		return got
+	}
 }
 
 // backoff returns the delay after the n-th consecutive failure: exponential from base, capped at
