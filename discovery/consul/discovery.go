@@ -283,6 +283,7 @@ func (d *Discovery) watchCatalog(ctx context.Context, out chan<- catalogEvent) {
 		}
 		if err != nil {
 			failures++
+			index = 0 // read afresh once it answers again (see watcher.run)
 			if failures == 1 {
 				d.log.Warn("consul: catalog watch failing", "err", err)
 				if !send(ctx, out, catalogEvent{}) {

@@ -27,7 +27,9 @@ func TestAgentRestart(t *testing.T) {
 	a.register("api", "api-1", 9001, "", nil)
 	a.register("api", "api-2", 9002, "", nil)
 	ids := []string{"dc1/node-dc1/api-1", "dc1/node-dc1/api-2"}
-	p := newPipeline(t, a.vigilConfig(), map[string]consul.Upstream{"api": {}}, "")
+	cfg := a.vigilConfig()
+	cfg.WaitTime = 10 * time.Minute // the restarted agent's index is lower: only a reset sees changes soon
+	p := newPipeline(t, cfg, map[string]consul.Upstream{"api": {}}, "")
 	p.waitServed(t, wait, "api", ids...)
 
 	m := consul.NewMetrics(prometheus.NewRegistry())
@@ -66,6 +68,14 @@ func TestAgentRestart(t *testing.T) {
 	testutil.Eventually(t, wait, 20*time.Millisecond, func() bool {
 		return p.metric(t, "vigil_consul_staleness_seconds", map[string]string{"upstream": "api"}) == 0
 	}, "staleness back to 0")
+	// The restarted agent's index is lower than the last one seen: the watch must start over and
+	// block again, not spin on an index Consul answers at once.
+	health := map[string]string{"endpoint": "/v1/health/service"}
+	n0 := p.metric(t, "vigil_consul_requests_total", health)
+	sleepFor(time.Second) // a measurement window
+	if n := p.metric(t, "vigil_consul_requests_total", health) - n0; n > 3 {
+		t.Errorf("%v health queries in 1s after the restart, want the watch blocking again", n)
+	}
 }
 
 // TestRestartWhileConsulDown: vigil persisted the membership; Consul goes away entirely and vigil

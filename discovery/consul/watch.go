@@ -97,6 +97,9 @@ func (w *watcher) run(ctx context.Context, events chan<- event) {
 		if err != nil {
 			failures++
 			consistent = false
+			// Read afresh once it answers again: Consul may have restarted with lower indexes,
+			// and a blocking query on the old one could wait a whole wait_time.
+			index = 0
 			w.mu.Lock()
 			w.failing = true
 			w.mu.Unlock()
