@@ -2,6 +2,7 @@
 package testutil
 
 import (
+	"context"
 	"net"
 	"os"
 	"os/exec"
@@ -49,4 +50,45 @@ func Eventually(t testing.TB, timeout, tick time.Duration, cond func() bool, msg
 		case <-ticker.C:
 		}
 	}
+}
+
+// Runner is a long-lived part: Run returns when ctx ends.
+type Runner interface {
+	Run(ctx context.Context) error
+}
+
+// Running is a Runner started by Run.
+type Running struct {
+	done chan struct{}
+	err  error
+}
+
+// Done is closed when Run has returned.
+func (r *Running) Done() <-chan struct{} { return r.done }
+
+// Err waits for Run to return and gives its error.
+func (r *Running) Err() error { <-r.done; return r.err }
+
+// Run runs r until the test ends; at cleanup it cancels r and fails the test unless Run
+// returns nil within stopWithin.
+func Run(t testing.TB, r Runner, stopWithin time.Duration) *Running {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	run := &Running{done: make(chan struct{})}
+	go func() {
+		run.err = r.Run(ctx)
+		close(run.done)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-run.done:
+			if run.err != nil {
+				t.Errorf("Run: %v", run.err)
+			}
+		case <-time.After(stopWithin):
+			t.Errorf("Run did not return within %s of cancel", stopWithin)
+		}
+	})
+	return run
 }

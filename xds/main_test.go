@@ -1,7 +1,6 @@
 package xds
 
 import (
-	"context"
 	"fmt"
 	"net"
 	"os"
@@ -39,24 +38,11 @@ func runServer(t testing.TB, tb *table.Table, mod func(*Config)) (*Server, strin
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("Run: %v", err)
-			}
-		case <-time.After(5 * time.Second):
-			t.Error("Run did not return")
-		}
-	})
+	run := testutil.Run(t, s, 5*time.Second)
 	testutil.Eventually(t, 5*time.Second, time.Millisecond, func() bool {
 		select {
-		case err := <-done:
-			t.Fatalf("Run: %v", err)
+		case <-run.Done():
+			t.Fatalf("Run: %v", run.Err())
 		default:
 		}
 		return s.Addr() != nil

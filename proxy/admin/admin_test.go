@@ -2,7 +2,6 @@ package admin_test
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"io"
 	"net"
@@ -28,23 +27,15 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // serve runs an admin server on a free loopback port until the test ends.
 func serve(t *testing.T, tb *table.Table, reg *prometheus.Registry) string {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
 	s := admin.New(admin.Config{Listen: "127.0.0.1:0"}, tb, reg, nil)
 	addrc := make(chan net.Addr, 1)
 	s.OnListen = func(a net.Addr) { addrc <- a }
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
+	run := testutil.Run(t, s, time.Second)
 	select {
 	case a := <-addrc:
 		return "http://" + a.String()
-	case err := <-done:
-		t.Fatalf("admin did not start: %v", err)
+	case <-run.Done():
+		t.Fatalf("admin did not start: %v", run.Err())
 	case <-time.After(5 * time.Second):
 		t.Fatal("admin did not start")
 	}

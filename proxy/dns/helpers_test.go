@@ -1,8 +1,8 @@
 package dns_test
 
 import (
-	"context"
 	"fmt"
+	"github.com/vigil-sidecar/vigil/testutil"
 	"os"
 	"testing"
 	"time"
@@ -82,24 +82,11 @@ func serve(t testing.TB, cfg dns.Config, tb *table.Table, opts ...func(*dns.Serv
 	for _, o := range opts {
 		o(s)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("Run: %v", err)
-			}
-		case <-time.After(10 * time.Second):
-			t.Error("Run did not return after cancel")
-		}
-	})
+	run := testutil.Run(t, s, 10*time.Second)
 	select {
 	case <-s.Ready():
-	case err := <-done:
-		t.Fatalf("Run: %v", err)
+	case <-run.Done():
+		t.Fatalf("Run: %v", run.Err())
 	case <-time.After(5 * time.Second):
 		t.Fatal("server not ready")
 	}

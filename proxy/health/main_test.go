@@ -1,7 +1,6 @@
 package health_test
 
 import (
-	"context"
 	"errors"
 	"maps"
 	"os"
@@ -95,20 +94,7 @@ func start(t *testing.T, o health.Options) *harness {
 		t.Fatal(err)
 	}
 	h.c = c
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("Run: %v", err)
-			}
-		case <-time.After(2 * time.Second):
-			t.Error("Run did not return within 2s of cancel")
-		}
-	})
+	testutil.Run(t, c, 2*time.Second)
 	return h
 }
 
