@@ -88,7 +88,8 @@ type Group struct {
 	Source    string     `json:"source"` // unique across all sources, e.g. "static/api"
 	Upstream  string     `json:"upstream"`
 	Instances []Instance `json:"instances"`
-	// Synced is when the source last confirmed this group with its origin; zero if it has no origin (static).
+	// Synced is zero while the source is in sync with its origin (or has none, as static);
+	// once the source has lost its origin, it is the time of the last successful sync.
 	Synced time.Time `json:"synced,omitzero"`
 	// Keep, in a send, says that the source could not confirm this group (its origin is
 	// unreachable): the Manager keeps what it has for the source, e.g. the persisted group,
@@ -108,7 +109,8 @@ type Discoverer interface {
 type Upstream struct {
 	Name      string
 	Instances []Instance // sorted by ID, unique IDs
-	// Synced is the oldest confirmation time among the upstream's sources with an origin; zero if none has one.
+	// Synced is the oldest last-sync time among the upstream's sources that lost their origin;
+	// zero while every source is in sync.
 	Synced time.Time
 }
 

@@ -79,16 +79,24 @@ func (m *Manager) Run(ctx context.Context) error {
 	defer wg.Wait()
 
 	m.signal() // publish the persisted state, or an empty ready membership when there is no provider
+	// The state file is written on each change and refreshed once a minute, so that its save
+	// time tells how recently the in-sync groups in it were confirmed.
+	refresh := time.NewTicker(persistRefresh)
+	defer refresh.Stop()
 	var last []byte
+	var groups []Group
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-refresh.C:
+			last = nil
 		case <-m.changed:
+			var mem Membership
+			mem, groups = m.merge()
+			m.publish(mem)
 		}
-		mem, groups := m.merge()
-		m.publish(mem)
-		if m.opts.StateFile == "" {
+		if m.opts.StateFile == "" || groups == nil {
 			continue
 		}
 		b, err := json.Marshal(groups)
@@ -102,6 +110,9 @@ func (m *Manager) Run(ctx context.Context) error {
 		last = b
 	}
 }
+
+// persistRefresh is how often an unchanged membership is written again.
+const persistRefresh = time.Minute
 
 func (m *Manager) receive(ctx context.Context, name string, up <-chan []Group) {
 	for {
@@ -212,13 +223,23 @@ func (m *Manager) load() error {
 	if err := json.Unmarshal(b, &st); err != nil {
 		return fmt.Errorf("decode: %w", err)
 	}
-	if age := time.Since(st.Saved); m.opts.MaxStateAge > 0 && age > m.opts.MaxStateAge {
-		return fmt.Errorf("saved %s ago, older than %s", age.Round(time.Second), m.opts.MaxStateAge)
-	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	used := 0
 	for _, g := range st.Groups {
+		if g.Synced.IsZero() { // in sync when saved: confirmed at the save time
+			g.Synced = st.Saved
+		}
+		if age := time.Since(g.Synced); m.opts.MaxStateAge > 0 && age > m.opts.MaxStateAge {
+			m.log.Warn("discovery: persisted group too old, not used", "source", g.Source,
+				"age", age.Round(time.Second), "max_state_age", m.opts.MaxStateAge)
+			continue
+		}
 		m.groups[g.Source] = g
+		used++
+	}
+	if used == 0 && len(st.Groups) > 0 {
+		return fmt.Errorf("every group is older than %s", m.opts.MaxStateAge)
 	}
 	m.log.Info("discovery: loaded persisted membership", "file", m.opts.StateFile, "groups", len(st.Groups), "saved", st.Saved)
 	return nil

@@ -234,3 +234,28 @@ func TestFirstSetKeepsUnconfirmedSources(t *testing.T) {
 		t.Error("a persisted source the first set does not name was kept")
 	}
 }
+
+// TestStateAgeIsPerGroup: a group's age is its last sync (or the save time while it was in sync).
+func TestStateAgeIsPerGroup(t *testing.T) {
+	state := filepath.Join(t.TempDir(), "membership.json")
+	now := time.Now().UTC()
+	os.WriteFile(state, []byte(`{"saved":"`+now.Format(time.RFC3339)+`","groups":[
+		{"source":"consul/api","upstream":"api","instances":[{"id":"1"}]},
+		{"source":"consul/db","upstream":"db","synced":"2000-01-01T00:00:00Z","instances":[{"id":"2"}]}]}`), 0o600)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	m := discovery.NewManager(discovery.ManagerOptions{StateFile: state, MaxStateAge: time.Hour})
+	m.Register("consul", make(chanDiscoverer))
+	done := make(chan error)
+	go func() { done <- m.Run(ctx) }()
+	mem := next(t, m, func(m discovery.Membership) bool { return len(m.Upstreams) > 0 })
+	if mem.Upstreams["db"] != nil {
+		t.Error("a group whose last sync is older than max_state_age was used")
+	}
+	api := mem.Upstreams["api"]
+	if api == nil || !api.Synced.Equal(now.Truncate(time.Second)) {
+		t.Errorf("in-sync group: %+v, want it used with Synced = the save time %v", api, now)
+	}
+	cancel()
+	<-done
+}

@@ -101,8 +101,9 @@ type pending struct {
 
 // Run watches until ctx ends. Its first send is the full set, once every watch has answered or
 // failed once; a watch that failed is sent with Keep, so that the Manager keeps its persisted
-// group. After that, it sends a watch's group after each successful sync (content unchanged
-// refreshes Synced) and nothing while Consul cannot be reached.
+// group. After that, it sends a watch's group when its instances change (a sync that changes nothing
+// is not sent); when a watch loses Consul, its last group once more with Synced set to its last
+// success (Synced is zero while in sync); and nothing else while Consul cannot be reached.
 func (d *Discovery) Run(ctx context.Context, up chan<- []discovery.Group) {
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
@@ -199,11 +200,18 @@ func (d *Discovery) Run(ctx context.Context, up chan<- []discovery.Group) {
 			reported[ev.w] = true
 			switch {
 			case ev.ok:
+				if !ev.changed && !ev.recovered {
+					continue // nothing new (a watch's first success is a change): no send, no rebuild, no write
+				}
 				p := pend[ev.w.source]
 				p.g = ev.group
 				if ev.changed {
 					p.changed, p.seen = true, ev.seen
 				}
+				pend[ev.w.source] = p
+			case ev.stale:
+				p := pend[ev.w.source]
+				p.g = ev.group
 				pend[ev.w.source] = p
 			case !initial:
 				if _, ok := pend[ev.w.source]; !ok {

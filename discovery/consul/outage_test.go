@@ -56,6 +56,11 @@ func TestAgentRestart(t *testing.T) {
 	if got := p.served("api"); !slices.Equal(got, ids) {
 		t.Fatalf("while Consul is down, served = %v, want %v", got, ids)
 	}
+	// The table (and so /v1/upstreams) carries the time of the last successful sync.
+	testutil.Eventually(t, wait, 20*time.Millisecond, func() bool {
+		u := p.tbl.Snapshot().Lookup("api")
+		return u != nil && !u.Synced.IsZero() && time.Since(u.Synced) > 500*time.Millisecond
+	}, "table shows the last sync time while Consul is down")
 
 	a.start(true)
 	// The local service is registered again, passing; the upstream follows the new (empty) state.
@@ -66,8 +71,9 @@ func TestAgentRestart(t *testing.T) {
 	a.register("api", "api-3", 9003, "", nil)
 	p.waitServed(t, wait, "api", "dc1/node-dc1/api-1", "dc1/node-dc1/api-3")
 	testutil.Eventually(t, wait, 20*time.Millisecond, func() bool {
-		return p.metric(t, "vigil_consul_staleness_seconds", map[string]string{"upstream": "api"}) == 0
-	}, "staleness back to 0")
+		return p.metric(t, "vigil_consul_staleness_seconds", map[string]string{"upstream": "api"}) == 0 &&
+			p.tbl.Snapshot().Lookup("api").Synced.IsZero()
+	}, "staleness back to 0, in the metric and in the table")
 	// The restarted agent's index is lower than the last one seen: the watch must start over and
 	// block again, not spin on an index Consul answers at once.
 	health := map[string]string{"endpoint": "/v1/health/service"}

@@ -36,8 +36,11 @@ type watcher struct {
 type event struct {
 	w       *watcher
 	ok      bool
+	stale   bool // the watch lost Consul: group is the last known, Synced its last success
 	group   discovery.Group
 	changed bool      // the instances differ from the previous sync
+	// recovered is true on the first success after a failure (the group is in sync again).
+	recovered bool
 	seen    time.Time // when the response arrived
 }
 
@@ -106,7 +109,15 @@ func (w *watcher) run(ctx context.Context, events chan<- event) {
 			if failures == 1 {
 				w.log.Warn("consul: watch failing; keeping the last known instances",
 					"upstream", w.upstream, "datacenter", w.dcLabel(), "err", err)
-				if !send(ctx, events, event{w: w}) {
+				ev := event{w: w}
+				if !first { // the same instances, now marked with the time of their last sync
+					w.mu.Lock()
+					synced := w.synced
+					w.mu.Unlock()
+					ev.stale = true
+					ev.group = discovery.Group{Source: w.source, Upstream: w.upstream, Instances: last, Synced: synced}
+				}
+				if !send(ctx, events, ev) {
 					return
 				}
 			}
@@ -122,7 +133,8 @@ func (w *watcher) run(ctx context.Context, events chan<- event) {
 			continue
 		}
 		consistent = false
-		if failures > 0 {
+		recovered := failures > 0
+		if recovered {
 			w.log.Info("consul: watch recovered", "upstream", w.upstream, "datacenter", w.dcLabel(), "failures", failures)
 		}
 		failures = 0
@@ -134,8 +146,8 @@ func (w *watcher) run(ctx context.Context, events chan<- event) {
 		ins := w.instances(entries)
 		changed := first || !reflect.DeepEqual(ins, last)
 		first, last = false, ins
-		g := discovery.Group{Source: w.source, Upstream: w.upstream, Instances: ins, Synced: now}
-		if !send(ctx, events, event{w: w, ok: true, group: g, changed: changed, seen: now}) {
+		g := discovery.Group{Source: w.source, Upstream: w.upstream, Instances: ins} // Synced zero: in sync
+		if !send(ctx, events, event{w: w, ok: true, group: g, changed: changed, recovered: recovered, seen: now}) {
 			return
 		}
 	}

@@ -24,9 +24,9 @@ type Upstream struct {
 	Panic    bool         `json:"panic"`
 	Failover int          `json:"failover"`
 	Policy   table.Policy `json:"policy"`
-	// Synced is when discovery last confirmed the upstream with its origin (absent for static).
+	// Synced is the last successful sync, present only while discovery cannot reach the upstream's origin.
 	Synced time.Time `json:"synced,omitzero"`
-	// StalenessSeconds is the time since Synced (absent for static).
+	// StalenessSeconds is the time since Synced, present only with it.
 	StalenessSeconds *float64   `json:"staleness_seconds,omitempty"`
 	Instances        []Instance `json:"instances"`
 }
