@@ -38,10 +38,10 @@ type event struct {
 	ok      bool
 	stale   bool // the watch lost Consul: group is the last known, Synced its last success
 	group   discovery.Group
-	changed bool      // the instances differ from the previous sync
+	changed bool // the instances differ from the previous sync
 	// recovered is true on the first success after a failure (the group is in sync again).
 	recovered bool
-	seen    time.Time // when the response arrived
+	seen      time.Time // when the response arrived
 }
 
 func (w *watcher) dcLabel() string {
