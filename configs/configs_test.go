@@ -114,3 +114,20 @@ upstreams:
 		t.Errorf("DNSConfig = %+v: want domain vigil., default listen", d)
 	}
 }
+
+// TestDeployments keeps the shipped example configurations valid.
+func TestDeployments(t *testing.T) {
+	files, _ := filepath.Glob("../deployments/*.yaml")
+	if len(files) == 0 {
+		t.Fatal("no deployment configs")
+	}
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := configs.Parse(data); err != nil {
+			t.Errorf("%s:\n%v", f, err)
+		}
+	}
+}
