@@ -1,15 +1,12 @@
 package xds
 
 import (
-	"bytes"
 	"context"
-	"os/exec"
 	"testing"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	ptestutil "github.com/prometheus/client_golang/prometheus/testutil"
-	"github.com/prometheus/common/expfmt"
 	statuspb "google.golang.org/genproto/googleapis/rpc/status"
 
 	"github.com/vigil-sidecar/vigil/proxy/health"
@@ -18,7 +15,7 @@ import (
 
 // TestMetricsPromtool serves a little traffic, then checks the exposition with promtool.
 func TestMetricsPromtool(t *testing.T) {
-	promtool := testutil.Need(t, "promtool")
+	testutil.Need(t, "promtool")
 	tb := threeUpstreams()
 	s, addr, reg := runServer(t, tb, nil)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -37,19 +34,5 @@ func TestMetricsPromtool(t *testing.T) {
 	if n, _ := ptestutil.GatherAndCount(reg); n < 8 {
 		t.Errorf("only %d series", n)
 	}
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var buf bytes.Buffer
-	for _, mf := range mfs {
-		if _, err := expfmt.MetricFamilyToText(&buf, mf); err != nil {
-			t.Fatal(err)
-		}
-	}
-	cmd := exec.Command(promtool, "check", "metrics")
-	cmd.Stdin = &buf
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("promtool: %v\n%s", err, out)
-	}
+	testutil.CheckMetrics(t, testutil.Exposition(t, reg))
 }

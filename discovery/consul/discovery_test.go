@@ -1,14 +1,11 @@
 package consul_test
 
 import (
-	"bytes"
 	"context"
-	"os/exec"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/consul/api"
-	"github.com/prometheus/common/expfmt"
 
 	"github.com/vigil-sidecar/vigil/discovery"
 	"github.com/vigil-sidecar/vigil/discovery/consul"
@@ -91,22 +88,7 @@ func TestMembershipFollowsConsul(t *testing.T) {
 		testutil.Eventually(t, wait, 10*time.Millisecond, func() bool {
 			return p.metric(t, "vigil_consul_change_to_table_seconds", nil) >= 4
 		}, "change-to-table observations")
-		promtool := testutil.Need(t, "promtool")
-		mfs, err := p.reg.Gather()
-		if err != nil {
-			t.Fatal(err)
-		}
-		var buf bytes.Buffer
-		for _, mf := range mfs {
-			if _, err := expfmt.MetricFamilyToText(&buf, mf); err != nil {
-				t.Fatal(err)
-			}
-		}
-		cmd := exec.Command(promtool, "check", "metrics")
-		cmd.Stdin = &buf
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Errorf("promtool check metrics: %v\n%s", err, out)
-		}
+		testutil.CheckMetrics(t, testutil.Exposition(t, p.reg))
 	})
 }
 

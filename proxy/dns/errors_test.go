@@ -4,14 +4,12 @@ import (
 	"context"
 	"io"
 	"net"
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
 
 	mdns "github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/common/expfmt"
 
 	"github.com/vigil-sidecar/vigil/proxy/dns"
 	"github.com/vigil-sidecar/vigil/proxy/table"
@@ -192,34 +190,20 @@ func TestForwardAllFail(t *testing.T) {
 
 // TestMetrics checks the exposition with promtool.
 func TestMetrics(t *testing.T) {
-	promtool := testutil.Need(t, "promtool")
+	testutil.Need(t, "promtool")
 	s, reg := serve(t, dns.DefaultConfig(), newTable(table.Config{}, basic()))
 	ask(t, "udp", s.Addr(), "web.service.consul.", mdns.TypeA)
 	ask(t, "tcp", s.Addr(), "nope.service.consul.", mdns.TypeSRV)
 	if got := counter(t, reg, "vigil_dns_queries_total"); got != 2 {
 		t.Errorf("vigil_dns_queries_total = %v, want 2", got)
 	}
-	var sb strings.Builder
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	enc := expfmt.NewEncoder(&sb, expfmt.NewFormat(expfmt.TypeTextPlain))
-	for _, mf := range mfs {
-		if err := enc.Encode(mf); err != nil {
-			t.Fatal(err)
-		}
-	}
+	expo := testutil.Exposition(t, reg)
 	for _, want := range []string{`vigil_dns_queries_total{qtype="A",rcode="NOERROR"} 1`, `vigil_dns_queries_total{qtype="SRV",rcode="NXDOMAIN"} 1`, "vigil_dns_request_duration_seconds_bucket"} {
-		if !strings.Contains(sb.String(), want) {
+		if !strings.Contains(expo, want) {
 			t.Errorf("exposition lacks %s", want)
 		}
 	}
-	cmd := exec.Command(promtool, "check", "metrics")
-	cmd.Stdin = strings.NewReader(sb.String())
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Errorf("promtool check metrics: %v\n%s", err, out)
-	}
+	testutil.CheckMetrics(t, expo)
 	// A second server on the same registry is an error, not a panic.
 	if _, err := dns.New(dns.DefaultConfig(), newTable(table.Config{}, nil), prometheus.Registerer(reg), nil); err == nil {
 		t.Error("registering twice: no error")

@@ -2,7 +2,6 @@ package health_test
 
 import (
 	"bytes"
-	"os/exec"
 	"strings"
 	"testing"
 
@@ -39,9 +38,5 @@ func gatherMatching(t *testing.T, reg *prometheus.Registry, s string) int {
 
 // promtoolCheck validates the exposition with the real promtool.
 func promtoolCheck(t *testing.T, reg *prometheus.Registry) {
-	cmd := exec.Command(testutil.Need(t, "promtool"), "check", "metrics")
-	cmd.Stdin = strings.NewReader(exposition(t, reg))
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Errorf("promtool check metrics: %v\n%s", err, out)
-	}
+	testutil.CheckMetrics(t, exposition(t, reg))
 }
