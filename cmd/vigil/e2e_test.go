@@ -81,7 +81,7 @@ func (b *backend) port() int {
 }
 
 // startApp runs a wired vigil on cfg and returns its admin base URL.
-func startApp(t *testing.T, yml string) string {
+func startApp(t *testing.T, yml string, opts ...func(*app)) string {
 	t.Helper()
 	cfg, err := configs.Parse([]byte(yml))
 	if err != nil {
@@ -98,6 +98,9 @@ func startApp(t *testing.T, yml string) string {
 	addrc := make(chan net.Addr, 1)
 	a.onAdmin = func(ad net.Addr) { addrc <- ad }
 	a.hup = make(chan os.Signal)
+	for _, o := range opts {
+		o(a)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- a.Run(ctx) }()
@@ -364,5 +367,62 @@ func TestSignals(t *testing.T) {
 				t.Fatalf("vigil did not stop within a second of %s", sig)
 			}
 		})
+	}
+}
+
+// TestReload: SIGHUP applies a new configuration; a bad one is refused and the running one kept.
+func TestReload(t *testing.T) {
+	b1 := &backend{kind: "tcp", addr: "127.0.0.1:0"}
+	b1.start(t)
+	defer b1.kill()
+	b2 := &backend{kind: "tcp", addr: "127.0.0.1:0"}
+	b2.start(t)
+	defer b2.kill()
+	base := `
+admin: {listen: "127.0.0.1:0"}
+xds: {listen: "127.0.0.1:0"}
+dns: {listen: "127.0.0.1:0"}
+defaults: {check: {interval: 200ms, timeout: 100ms, unhealthy_interval: 200ms}}
+upstreams:
+`
+	one := base + fmt.Sprintf("  - name: a\n    instances: [{address: 127.0.0.1, port: %d}]\n", b1.port())
+	two := base + fmt.Sprintf("  - name: b\n    panic_threshold: 50\n    instances: [{address: 127.0.0.1, port: %d}]\n", b2.port())
+	hup := make(chan os.Signal, 1)
+	next := make(chan string, 1)
+	parsed := make(chan error, 1)
+	url := startApp(t, one, func(a *app) {
+		a.hup = hup
+		a.reload = func() (*configs.Config, error) {
+			cfg, err := configs.Parse([]byte(<-next))
+			parsed <- err
+			return cfg, err
+		}
+	})
+	testutil.Eventually(t, 5*time.Second, 20*time.Millisecond, func() bool {
+		return upstreams(t, url)["a"].Healthy == 1
+	}, "a healthy")
+
+	// A bad configuration: refused, everything stays as it was.
+	v := upstreams(t, url)["a"].Version
+	next <- "upstreams: [{name: Bad}]"
+	hup <- syscall.SIGHUP
+	if err := <-parsed; err == nil {
+		t.Fatal("a bad configuration parsed")
+	}
+	if u := upstreams(t, url); len(u) != 1 || u["a"].Version != v || u["a"].Healthy != 1 {
+		t.Fatalf("after a bad reload: %v", u)
+	}
+
+	next <- two
+	hup <- syscall.SIGHUP
+	if err := <-parsed; err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 5*time.Second, 20*time.Millisecond, func() bool {
+		u := upstreams(t, url)
+		return len(u) == 1 && u["b"].Healthy == 1
+	}, "upstream a replaced by b, probed healthy")
+	if p := upstreams(t, url)["b"].Policy.PanicThreshold; p != 50 {
+		t.Errorf("b's policy after reload: panic_threshold %v, want 50", p)
 	}
 }
