@@ -94,6 +94,8 @@ type Group struct {
 	// Keep, in a send, says that the source could not confirm this group (its origin is
 	// unreachable): the Manager keeps what it has for the source, e.g. the persisted group,
 	// and ignores Instances. It lets a first full set name sources without dropping them.
+	// A Keep group with an empty Source keeps every persisted group of the provider that the
+	// first full set does not name (the provider could not even list its sources).
 	Keep bool `json:"-"`
 }
 

@@ -125,16 +125,22 @@ func (m *Manager) receive(ctx context.Context, name string, up <-chan []Group) {
 				m.seen[name] = true
 				// The first send is the provider's full set: drop whatever persisted state it
 				// replaces, except for the sources it asks to keep.
-				keep := map[string]bool{}
+				keep, keepAll := map[string]bool{}, false
 				for _, g := range gs {
 					if g.Keep {
 						keep[name+"/"+g.Source] = true
+						keepAll = keepAll || g.Source == ""
 					}
 				}
+				named := map[string]bool{}
+				for _, g := range gs {
+					named[name+"/"+g.Source] = true
+				}
 				for k := range m.groups {
-					if strings.HasPrefix(k, name+"/") && !keep[k] {
-						delete(m.groups, k)
+					if !strings.HasPrefix(k, name+"/") || keep[k] || (keepAll && !named[k]) {
+						continue
 					}
+					delete(m.groups, k)
 				}
 			}
 			for _, g := range gs {
