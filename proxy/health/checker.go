@@ -319,8 +319,12 @@ func (c *Checker) flush() {
 		return
 	}
 	for _, p := range ps {
-		if u := c.ups[p.key.Upstream]; u != nil && u.probers[p.key.ID] == p {
-			c.sink.SetStatus(p.key, p.Status())
+		// A prober replaced since it changed (a reload, a new address) hands its verdict to
+		// its successor: send the current prober's status, never drop the change.
+		if u := c.ups[p.key.Upstream]; u != nil {
+			if cur := u.probers[p.key.ID]; cur != nil {
+				c.sink.SetStatus(cur.key, cur.Status())
+			}
 		}
 	}
 }

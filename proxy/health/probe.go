@@ -91,7 +91,14 @@ func (p *prober) probeHTTP(ctx context.Context, deadline time.Time, conn net.Con
 				return nil, err
 			}
 		}
+		// The round trip runs on connection deadlines; a canceled ctx (shutdown, prober stopped)
+		// cuts it short by moving the deadline to now.
+		stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Now()) })
 		keep, err, early := p.roundTrip(conn, deadline)
+		if !stop() && keep != nil { // canceled during the round trip: the connection is spoiled
+			closeConn(keep)
+			keep = nil
+		}
 		if err != nil && reused && early && ctx.Err() == nil && time.Now().Before(deadline) {
 			conn = nil // the kept connection went stale: once more on a new one
 			continue

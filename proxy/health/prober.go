@@ -275,8 +275,8 @@ func (p *prober) grpcClosed(gc *grpcConn) {
 	}
 	p.grpc = nil
 	p.wakeLocked()
+	p.c.probes.Add(1) // under mu, before a stop can mark the prober stopped and Run can Wait
 	p.mu.Unlock()
-	p.c.probes.Add(1)
 	go func() { // not on the transport's own reader goroutine
 		defer p.c.probes.Done()
 		gc.close()
