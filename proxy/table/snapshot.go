@@ -104,10 +104,10 @@ func build(mem *discovery.Upstream, statuses map[discovery.Key]health.Status, p 
 			in.Reason, in.Since, in.Flapping, in.Stats = st.Reason, st.Since, st.Flapping, st.Stats
 		}
 		switch {
-		case di.Health == discovery.Maintenance:
-			in.State, in.Reason = Draining, "draining in discovery source"
+		case di.Health == discovery.Maintenance: // the source overrides the probe: its details do not apply
+			in.State, in.Reason, in.Since, in.Flapping = Draining, "draining in discovery source", time.Time{}, false
 		case di.Health == discovery.Critical:
-			in.State, in.Reason = Unhealthy, "critical in discovery source"
+			in.State, in.Reason, in.Since, in.Flapping = Unhealthy, "critical in discovery source", time.Time{}, false
 		case !ok || st.State == health.Unknown:
 			in.State = Unknown
 		case st.State == health.Healthy:

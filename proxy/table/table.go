@@ -105,22 +105,25 @@ var _ health.Sink = (*Table)(nil)
 func (t *Table) rebuild(only []string) {
 	old := t.cur.Load()
 	next := &Snapshot{Version: old.Version + 1, Upstreams: make(map[string]*Upstream, len(t.mem.Upstreams))}
+	rebuild := func(name string, mu *discovery.Upstream) {
+		u := build(mu, t.statuses, t.cfg.policy(name), t.cfg.Zone, next.Version)
+		if prev := old.Upstreams[name]; prev != nil && sameUpstream(prev, u) {
+			// Unchanged but for the sync time: keep its version, so that frontends can skip it.
+			c := *prev
+			c.Synced = u.Synced
+			u = &c
+		}
+		next.Upstreams[name] = u
+	}
 	if only == nil {
 		for name, mu := range t.mem.Upstreams {
-			u := build(mu, t.statuses, t.cfg.policy(name), t.cfg.Zone, next.Version)
-			if prev := old.Upstreams[name]; prev != nil && sameUpstream(prev, u) {
-				// Unchanged but for the sync time: keep its version, so that frontends can skip it.
-				c := *prev
-				c.Synced = u.Synced
-				u = &c
-			}
-			next.Upstreams[name] = u
+			rebuild(name, mu)
 		}
 	} else {
 		maps.Copy(next.Upstreams, old.Upstreams)
 		for _, name := range only {
 			if mu, ok := t.mem.Upstreams[name]; ok {
-				next.Upstreams[name] = build(mu, t.statuses, t.cfg.policy(name), t.cfg.Zone, next.Version)
+				rebuild(name, mu)
 			}
 		}
 	}

@@ -212,3 +212,22 @@ func TestConcurrentReaders(t *testing.T) {
 	close(stop)
 	wg.Wait()
 }
+
+// TestVersionStaysWhenNothingVisibleChanges: a probe verdict on an instance that discovery
+// already overrides (critical, maintenance) changes nothing a frontend shows: no new version.
+func TestVersionStaysWhenNothingVisibleChanges(t *testing.T) {
+	tb := table.New(table.Config{Default: table.DefaultPolicy()})
+	mem := discovery.Membership{Ready: true, Upstreams: map[string]*discovery.Upstream{
+		"a": {Name: "a", Instances: []discovery.Instance{{ID: "1", Health: discovery.Critical}, {ID: "2"}}}}}
+	k := discovery.Key{Upstream: "a", ID: "1"}
+	tb.SetMembership(mem, map[discovery.Key]health.Status{k: {State: health.Healthy, Since: time.Now()}})
+	v := tb.Snapshot().Lookup("a").Version
+	tb.SetStatus(k, health.Status{State: health.Unhealthy, Reason: "probe failed", Since: time.Now()})
+	if got := tb.Snapshot().Lookup("a").Version; got != v {
+		t.Errorf("upstream version moved %d -> %d for a change no frontend can see", v, got)
+	}
+	tb.SetStatus(discovery.Key{Upstream: "a", ID: "2"}, health.Status{State: health.Healthy, Since: time.Now()})
+	if got := tb.Snapshot().Lookup("a").Version; got == v {
+		t.Error("a visible change kept the old version")
+	}
+}
