@@ -69,6 +69,7 @@ func (m *Manager) Run(ctx context.Context) error {
 		if err := m.load(); err != nil {
 			m.log.Warn("discovery: persisted membership not used", "file", m.opts.StateFile, "err", err)
 		}
+		m.dropOrphans()
 	}
 	var wg sync.WaitGroup
 	for name, d := range m.providers {
@@ -113,6 +114,20 @@ func (m *Manager) Run(ctx context.Context) error {
 
 // persistRefresh is how often an unchanged membership is written again.
 const persistRefresh = time.Minute
+
+// dropOrphans forgets persisted groups of providers that are not registered any more (the
+// configuration no longer uses them): nobody would ever confirm or remove them.
+func (m *Manager) dropOrphans() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for k := range m.groups {
+		provider, _, _ := strings.Cut(k, "/")
+		if _, ok := m.providers[provider]; !ok {
+			m.log.Info("discovery: persisted group of a provider no longer configured, dropped", "source", k)
+			delete(m.groups, k)
+		}
+	}
+}
 
 func (m *Manager) receive(ctx context.Context, name string, up <-chan []Group) {
 	for {
@@ -191,6 +206,7 @@ func (m *Manager) merge() (Membership, []Group) {
 // Merge unions groups by upstream; the first group that names an instance ID wins.
 func Merge(groups []Group, ready bool) Membership {
 	mem := Membership{Upstreams: map[string]*Upstream{}, Ready: ready}
+	seen := map[Key]struct{}{}
 	for _, g := range groups {
 		u := mem.Upstreams[g.Upstream]
 		if u == nil {
@@ -198,7 +214,9 @@ func Merge(groups []Group, ready bool) Membership {
 			mem.Upstreams[g.Upstream] = u
 		}
 		for _, in := range g.Instances {
-			if !slices.ContainsFunc(u.Instances, func(x Instance) bool { return x.ID == in.ID }) {
+			k := Key{Upstream: g.Upstream, ID: in.ID}
+			if _, dup := seen[k]; !dup {
+				seen[k] = struct{}{}
 				u.Instances = append(u.Instances, in)
 			}
 		}

@@ -259,3 +259,45 @@ func TestStateAgeIsPerGroup(t *testing.T) {
 	cancel()
 	<-done
 }
+
+// TestOrphanProviderDropped: persisted groups of a provider no longer configured are not served.
+func TestOrphanProviderDropped(t *testing.T) {
+	state := filepath.Join(t.TempDir(), "m.json")
+	now := time.Now().UTC().Format(time.RFC3339Nano)
+	os.WriteFile(state, []byte(`{"saved":"`+now+`","groups":[{"source":"consul/web/local","upstream":"web","instances":[{"id":"x","address":"127.0.0.1","port":80}]}]}`), 0o600)
+	m := discovery.NewManager(discovery.ManagerOptions{StateFile: state, MaxStateAge: 24 * time.Hour})
+	m.Register("static", static.New([]static.Upstream{{Name: "api", Instances: []static.Instance{{Address: "127.0.0.1", Port: 81}}}}))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- m.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	for {
+		mem := next(t, m, func(discovery.Membership) bool { return true })
+		if mem.Upstreams["web"] != nil {
+			t.Fatal("upstream web from an unregistered provider (consul) is served")
+		}
+		if mem.Ready {
+			return
+		}
+	}
+}
+
+// TestStaticRemovalSurvivesReplacedChange: removals are not lost when a change is replaced unsent.
+func TestStaticRemovalSurvivesReplacedChange(t *testing.T) {
+	in := func(port int) []static.Instance { return []static.Instance{{Address: "127.0.0.1", Port: port}} }
+	s := static.New([]static.Upstream{{Name: "x", Instances: in(1)}, {Name: "y", Instances: in(2)}})
+	s.Set([]static.Upstream{{Name: "x", Instances: in(1)}})                                // removes y; not sent yet
+	s.Set([]static.Upstream{{Name: "x", Instances: in(1)}, {Name: "z", Instances: in(3)}}) // replaces it
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	m := discovery.NewManager(discovery.ManagerOptions{})
+	m.Register("static", s)
+	done := make(chan error)
+	go func() { done <- m.Run(ctx) }()
+	mem := next(t, m, func(m discovery.Membership) bool { return m.Upstreams["z"] != nil })
+	if mem.Upstreams["y"] != nil {
+		t.Error("y, removed by a change that was replaced before it was sent, is still there")
+	}
+	cancel()
+	<-done
+}

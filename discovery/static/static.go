@@ -54,12 +54,24 @@ type Upstream struct {
 type Discovery struct {
 	mu      sync.Mutex
 	groups  []discovery.Group
+	ever    []discovery.Group      // every source ever listed, for removals
 	updates chan []discovery.Group // the latest change not yet sent
 }
 
 // New returns a Discovery for the given upstreams, applying defaults.
 func New(ups []Upstream) *Discovery {
-	return &Discovery{groups: groups(ups), updates: make(chan []discovery.Group, 1)}
+	d := &Discovery{groups: groups(ups), updates: make(chan []discovery.Group, 1)}
+	d.remember(d.groups)
+	return d
+}
+
+// remember adds gs to the sources ever listed (their instances dropped).
+func (d *Discovery) remember(gs []discovery.Group) {
+	for _, g := range gs {
+		if !slices.ContainsFunc(d.ever, func(e discovery.Group) bool { return e.Source == g.Source }) {
+			d.ever = append(d.ever, discovery.Group{Source: g.Source, Upstream: g.Upstream})
+		}
+	}
 }
 
 // Set replaces the list (on a configuration reload); removed upstreams are sent as empty groups.
@@ -67,13 +79,16 @@ func (d *Discovery) Set(ups []Upstream) {
 	next := groups(ups)
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	// Removals are computed against every list given so far, not only the last one: a change
+	// replaced before Run sent it may have carried removals of its own.
 	change := slices.Clone(next)
-	for _, g := range d.groups {
+	for _, g := range d.ever {
 		if !slices.ContainsFunc(next, func(n discovery.Group) bool { return n.Source == g.Source }) {
 			change = append(change, discovery.Group{Source: g.Source, Upstream: g.Upstream})
 		}
 	}
 	d.groups = next
+	d.remember(next)
 	select { // replace an unsent change: the full new list supersedes it
 	case <-d.updates:
 	default:
