@@ -132,6 +132,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 	go func() { errc <- a.Run(ctx) }()
 	select {
 	case <-sig.Done():
+		stop() // a second SIGTERM/SIGINT now ends the process at once, cutting a long drain short
 		a.drain()
 		cancel()
 		err = <-errc
