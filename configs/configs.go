@@ -214,8 +214,8 @@ func (c *Config) Validate() error {
 		errs.Addf("log.format", "must be text or json, got %q", c.Log.Format)
 	}
 	errs.Add("admin", c.Admin.Validate())
-	if c.Node.Datacenter == "" {
-		errs.Addf("node.datacenter", "must be set")
+	if !nameRE.MatchString(c.Node.Datacenter) {
+		errs.Addf("node.datacenter", "%q must be one DNS label: lowercase letters, digits and '-'", c.Node.Datacenter)
 	}
 	if c.Discovery.MaxStateAge < 0 {
 		errs.Addf("discovery.max_state_age", "must be >= 0")
@@ -271,6 +271,14 @@ func (c *Config) Validate() error {
 				errs.Addf(ip, "%s is the same address and port as instances[%d]", hp, k)
 			}
 			addrs[hp] = j
+		}
+	}
+	if in := c.XDS.Inbound; in.Name != "" {
+		if host, p, err := net.SplitHostPort(in.Listen); err == nil && host == c.XDS.ListenerAddress {
+			port, _ := strconv.Atoi(p)
+			if j, dup := ports[port]; dup {
+				errs.Addf("xds.inbound.listen", "%s is also the listener of upstreams[%d] (xds.listen_port %d)", in.Listen, j, port)
+			}
 		}
 	}
 	return errs.Err()

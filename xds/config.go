@@ -136,9 +136,13 @@ func (c *Config) Validate() error {
 	if c.Inbound.Name != "" {
 		if err := validHostPort(c.Inbound.Listen); err != nil {
 			errs.Addf("inbound.listen", "%v", err)
+		} else if _, p, _ := net.SplitHostPort(c.Inbound.Listen); p == "0" {
+			errs.Addf("inbound.listen", "%q: Envoy needs a fixed port", c.Inbound.Listen)
 		}
 		if err := validHostPort(c.Inbound.Service); err != nil {
 			errs.Addf("inbound.service", "%v", err)
+		} else if _, p, _ := net.SplitHostPort(c.Inbound.Service); p == "0" {
+			errs.Addf("inbound.service", "%q: needs the service's port", c.Inbound.Service)
 		}
 		if err := validProtocol(c.Inbound.Protocol); err != nil {
 			errs.Addf("inbound.protocol", "%v", err)

@@ -37,8 +37,8 @@ func (c *Config) Validate() error {
 	if _, err := net.LookupPort("tcp", port); err != nil {
 		return field.Errorf("listen", "%q has no valid port", c.Listen)
 	}
-	if host != "" && net.ParseIP(host) == nil {
-		return field.Errorf("listen", "%q: host must be an IP address", c.Listen)
+	if net.ParseIP(host) == nil {
+		return field.Errorf("listen", "%q: host must be an IP address (the admin API has no authentication: keep it on loopback)", c.Listen)
 	}
 	return nil
 }
@@ -91,6 +91,7 @@ func (s *Server) Run(ctx context.Context) error {
 		s.OnListen(l.Addr())
 	}
 	srv := &http.Server{Handler: s.handler, ReadHeaderTimeout: 5 * time.Second,
+		WriteTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute,
 		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(l) }()
@@ -149,10 +150,14 @@ func (s *Server) upstream(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, upstreamJSON(u, time.Now()))
 }
 
+// writeJSON encodes v first, so that an encoding error is a 500 rather than a truncated 200.
 func writeJSON(w http.ResponseWriter, code int, v any) {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		http.Error(w, "admin: encode: "+err.Error(), http.StatusInternalServerError)
+		return
+	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	enc.Encode(v)
+	w.Write(append(b, '\n'))
 }

@@ -137,7 +137,7 @@ func (c *CheckConfig) Validate() error {
 	case c.UnhealthyInterval > 0 && c.Timeout >= c.UnhealthyInterval:
 		errs.Addf("timeout", "must be less than unhealthy_interval")
 	}
-	if c.Jitter < 0 || c.Jitter > 0.5 {
+	if !(c.Jitter >= 0 && c.Jitter <= 0.5) { // NaN too
 		errs.Addf("jitter", "must be between 0 and 0.5, got %g", c.Jitter)
 	}
 	if c.HealthyThreshold < 1 {

@@ -31,13 +31,13 @@ func DefaultPolicy() Policy {
 // Validate checks p; errors name the field.
 func (p *Policy) Validate() error {
 	var errs field.Errors
-	if p.PanicThreshold < 0 || p.PanicThreshold > 100 {
+	if !(p.PanicThreshold >= 0 && p.PanicThreshold <= 100) { // NaN too
 		errs.Addf("panic_threshold", "must be a percentage between 0 and 100, got %g", p.PanicThreshold)
 	}
 	if p.PanicMode != FailOpen && p.PanicMode != FailClosed {
 		errs.Addf("panic_mode", "must be fail_open or fail_closed, got %q", p.PanicMode)
 	}
-	if p.ZoneMinHealthy < 0 || p.ZoneMinHealthy > 100 {
+	if !(p.ZoneMinHealthy >= 0 && p.ZoneMinHealthy <= 100) {
 		errs.Addf("zone_min_healthy", "must be a percentage between 0 and 100, got %g", p.ZoneMinHealthy)
 	}
 	return errs.Err()
