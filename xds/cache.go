@@ -179,14 +179,12 @@ func (c *incCache) respond(w *incWatch, names []string, always bool) bool {
 	if len(changed) == 0 && (len(removed) == 0 || !isDelta) && !always {
 		return false
 	}
-	// A map that carries syncedKey is one this cache made for this subscription alone,
-	// which the server only replaces, or edits after it cancelled the watch (under mu):
-	// update it in place. Any other map (a client's initial versions) is copied first.
-	next := known
-	if _, ours := known[syncedKey]; !ours {
-		next = make(map[string]string, max(len(known), len(c.res))+1)
-		maps.Copy(next, known)
-	}
+	// Always a copy: the server may drop a response it has not sent (a newer request of the
+	// same type arrived), and the client's versions must then still be the ones it has. The
+	// copy is one entry per resource of the type (one per upstream for endpoints), cheap next
+	// to the work per changed resource.
+	next := make(map[string]string, max(len(known), len(c.res))+1)
+	maps.Copy(next, known)
 	for i, e := range changed {
 		next[changedNames[i]] = e.version
 	}

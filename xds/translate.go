@@ -3,6 +3,7 @@ package xds
 import (
 	"cmp"
 	"fmt"
+	"net/netip"
 	"slices"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
@@ -180,6 +181,12 @@ func LoadAssignment(u *table.Upstream) *endpointv3.ClusterLoadAssignment {
 	groups := map[localityKey]*endpointv3.LocalityLbEndpoints{}
 	for i := range u.Instances {
 		in := &u.Instances[i]
+		if _, err := netip.ParseAddr(in.Address); err != nil {
+			// EDS endpoints must be IP addresses: Envoy NACKs a host name, and the NACK would
+			// also hold back every other endpoint set in the same response. Such instances are
+			// served over DNS only.
+			continue
+		}
 		k := localityKey{in.Priority, in.Datacenter, in.Zone}
 		g := groups[k]
 		if g == nil {

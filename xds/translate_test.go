@@ -1,6 +1,7 @@
 package xds
 
 import (
+	"slices"
 	"testing"
 	"time"
 
@@ -232,5 +233,28 @@ func TestTranslateListeners(t *testing.T) {
 	if err := r.APIListeners["web"].GetApiListener().GetApiListener().UnmarshalTo(&api); err != nil ||
 		api.GetRouteConfig().GetVirtualHosts()[0].GetRoutes()[0].GetRoute().GetCluster() != "web" {
 		t.Errorf("api listener: %v %v", err, &api)
+	}
+}
+
+// TestLoadAssignmentSkipsHostNames: Envoy's EDS takes IP addresses only; an instance known by a
+// host name stays out of the endpoint set (it is served over DNS) rather than fail the push.
+func TestLoadAssignmentSkipsHostNames(t *testing.T) {
+	ins := []discovery.Instance{inst("ip", "", 1, 0), inst("name", "", 2, 0), inst("v6", "", 3, 0)}
+	ins[1].Address = "db.internal.example"
+	ins[2].Address = "::1"
+	tb := newTable("", table.DefaultPolicy(), map[string][]discovery.Instance{"api": ins}, nil)
+	cla := LoadAssignment(tb.Snapshot().Lookup("api"))
+	var got []string
+	for _, loc := range cla.Endpoints {
+		for _, e := range loc.LbEndpoints {
+			got = append(got, e.GetEndpoint().GetAddress().GetSocketAddress().GetAddress())
+		}
+	}
+	slices.Sort(got)
+	if !slices.Equal(got, []string{"127.0.0.1", "::1"}) {
+		t.Errorf("endpoint addresses = %v, want the two IP addresses only", got)
+	}
+	if err := cla.ValidateAll(); err != nil {
+		t.Error(err)
 	}
 }
