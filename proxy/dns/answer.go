@@ -233,12 +233,20 @@ func (s *Server) appendService(b []byte, q *query, qtype uint16, size int) ([]by
 	// SRV: each record with its address in the additional section, or neither.
 	total := len(b)
 	n := 0
+	pos := len(b) // where the next SRV record starts
 	for _, i := range sel {
 		rc := recs[i]
 		need := 2 + len(rc.srv[q.dom])
 		if rc.addr != nil {
-			need += 2 + len(rc.addr)
+			// The additional record names the target by a pointer while the target lies within
+			// a pointer's reach (14 bits), and spelled out beyond it.
+			if pos+2+srvTarget < 0x4000 {
+				need += 2 + len(rc.addr)
+			} else {
+				need += len(rc.srv[q.dom]) - srvTarget + len(rc.addr)
+			}
 		}
+		pos += 2 + len(rc.srv[q.dom])
 		if total+need > size {
 			tc = true
 			break
@@ -253,7 +261,7 @@ func (s *Server) appendService(b []byte, q *query, qtype uint16, size int) ([]by
 		b = append(b, recs[i].srv[q.dom]...)
 	}
 	var ar uint16
-	pos := answers
+	pos = answers
 	for k, i := range sel {
 		rc := recs[i]
 		target := pos + 2 + srvTarget

@@ -37,6 +37,8 @@ func TestBadQueries(t *testing.T) {
 	badvers.IsEdns0().SetVersion(1)
 	outside := new(mdns.Msg)
 	outside.SetQuestion("example.org.", mdns.TypeA)
+	escaped := new(mdns.Msg) // one label "service.consul" under "web": not vigil's domain
+	escaped.SetQuestion(`web.service\.consul.`, mdns.TypeA)
 	for _, nt := range nets {
 		t.Run(nt, func(t *testing.T) {
 			for _, c := range []struct {
@@ -51,6 +53,7 @@ func TestBadQueries(t *testing.T) {
 				{"chaos class", chaos, mdns.RcodeRefused},
 				{"edns version 1", badvers, mdns.RcodeBadVers},
 				{"outside, no recursors", outside, mdns.RcodeRefused},
+				{"escaped dot: outside", escaped, mdns.RcodeRefused},
 			} {
 				m := c.m.Copy()
 				m.Id = mdns.Id()
@@ -185,6 +188,11 @@ func TestForwardAllFail(t *testing.T) {
 	s, _ := serve(t, cfg, newTable(table.Config{}, basic()))
 	for _, nt := range nets {
 		wantRcode(t, ask(t, nt, s.Addr(), "example.org.", mdns.TypeA), mdns.RcodeServerFailure)
+		r := ask(t, nt, s.Addr(), "example.org.", mdns.TypeA, edns(1232))
+		wantRcode(t, r, mdns.RcodeServerFailure)
+		if r.IsEdns0() == nil {
+			t.Errorf("%s: SERVFAIL to an EDNS query without an OPT record (RFC 6891 section 7)", nt)
+		}
 	}
 }
 

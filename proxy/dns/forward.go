@@ -54,6 +54,9 @@ func (s *Server) forward(w mdns.ResponseWriter, r *mdns.Msg, tcp bool) int {
 	m := new(mdns.Msg)
 	m.SetRcode(r, mdns.RcodeServerFailure)
 	m.RecursionAvailable = true
+	if opt := r.IsEdns0(); opt != nil { // RFC 6891 §7: answer EDNS with EDNS
+		m.SetEdns0(opt.UDPSize(), opt.Do())
+	}
 	w.WriteMsg(m) //nolint:errcheck
 	return mdns.RcodeServerFailure
 }

@@ -25,6 +25,11 @@ const (
 
 // parse splits a lowercase question name; ok is false outside vigil's domains.
 func (s *Server) parse(name string) (query, bool) {
+	if strings.IndexByte(name, '\\') >= 0 {
+		// An escaped dot or byte in presentation form ("service\.consul."): its labels are not
+		// what the dots say, and no name of vigil's has one. Outside the domains.
+		return query{}, false
+	}
 	best, rel := -1, ""
 	for d := 0; d < s.nDomains; d++ {
 		dom := s.domains[d].name

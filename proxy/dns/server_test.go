@@ -379,3 +379,18 @@ func TestNotReady(t *testing.T) {
 		return ask(t, "udp", s.Addr(), "nope.service.consul.", mdns.TypeA).Rcode == mdns.RcodeNameError
 	}, "NXDOMAIN once the table is ready")
 }
+
+// TestLargeSRVOverTCP: past 16 KiB the additional records can no longer point at their SRV
+// targets and spell them out; the sizing must count that, or the message outgrows 64 KiB and
+// nothing is sent.
+func TestLargeSRVOverTCP(t *testing.T) {
+	s, _ := serve(t, dns.DefaultConfig(), newTable(table.Config{}, map[string][]inst{"huge": many(1500)}))
+	r := ask(t, "tcp", s.Addr(), "huge.service.consul.", mdns.TypeSRV)
+	wantRcode(t, r, 0)
+	r.Compress = true
+	if n := r.Len(); n > mdns.MaxMsgSize || len(r.Answer) < 400 || len(r.Extra) < len(r.Answer) {
+		t.Errorf("%d answers, %d additional, %d bytes: want hundreds of SRV records with their addresses within 64 KiB",
+			len(r.Answer), len(r.Extra), n)
+	}
+	t.Logf("%d SRV records, %d bytes, tc=%v", len(r.Answer), r.Len(), r.Truncated)
+}
