@@ -29,6 +29,8 @@ func NewClient(c Config, m *Metrics) (*api.Client, error) {
 		IdleConnTimeout:       90 * time.Second,
 		TLSHandshakeTimeout:   5 * time.Second,
 		ExpectContinueTimeout: time.Second,
+		// A backstop: each request has its own, shorter deadline (callTimeout, queryTimeout).
+		ResponseHeaderTimeout: queryTimeout(10 * time.Minute),
 	}
 	if c.Scheme == "https" {
 		tlsc, err := api.SetupTLSConfig(&tc)

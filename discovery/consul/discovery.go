@@ -134,6 +134,18 @@ func (d *Discovery) Run(ctx context.Context, up chan<- []discovery.Group) {
 	}
 	configured := map[string]Upstream{}
 	static := map[string][]*watcher{}
+	var catalogSet map[string]bool // the catalog watch's last answer
+	watchDynamic := func(n string) {
+		ws := d.watchers(n, Upstream{Tag: d.o.Config.Catalog.Tag})
+		dynamic[n] = ws
+		for _, w := range ws {
+			start(w)
+			if p, ok := pend[w.source]; ok && p.g.Instances == nil {
+				delete(pend, w.source) // watched again: keep the instances until it syncs
+			}
+		}
+		d.log.Info("consul: catalog upstream found", "upstream", n)
+	}
 	apply := func(ups map[string]Upstream) {
 		for n, ws := range static {
 			if u, ok := ups[n]; !ok || !sameUpstream(u, configured[n]) {
@@ -165,13 +177,20 @@ func (d *Discovery) Run(ctx context.Context, up chan<- []discovery.Group) {
 			}
 		}
 		configured = ups
+		// An upstream no longer configured that the catalog matches is watched as discovered:
+		// the catalog watch sends only changes, so it would not start it again.
+		for _, n := range sortedNames(catalogSet) {
+			if _, ok := static[n]; !ok && dynamic[n] == nil {
+				watchDynamic(n)
+			}
+		}
 	}
 	apply(d.o.Upstreams)
 	var catalog chan catalogEvent
-	catalogReported := true
+	catalogReported, catalogSynced := true, true
 	if d.o.Config.Catalog.Filter != "" {
 		catalog = make(chan catalogEvent)
-		catalogReported = false
+		catalogReported, catalogSynced = false, false
 		wg.Go(func() { d.watchCatalog(ctx, catalog) })
 	}
 
@@ -187,6 +206,10 @@ func (d *Discovery) Run(ctx context.Context, up chan<- []discovery.Group) {
 			batch = make([]discovery.Group, 0, len(pend))
 			for _, p := range pend {
 				batch = append(batch, p.g)
+			}
+			if !sentInitial && !catalogSynced {
+				// The catalog could not be listed: keep the persisted groups of discovered upstreams.
+				batch = append(batch, discovery.Group{Keep: true})
 			}
 			slices.SortFunc(batch, func(a, b discovery.Group) int { return cmp.Compare(a.Source, b.Source) })
 		}
@@ -223,6 +246,7 @@ func (d *Discovery) Run(ctx context.Context, up chan<- []discovery.Group) {
 			if !ce.ok {
 				continue
 			}
+			catalogSynced, catalogSet = true, ce.services
 			for n, ws := range dynamic {
 				if _, still := ce.services[n]; still {
 					continue
@@ -238,12 +262,7 @@ func (d *Discovery) Run(ctx context.Context, up chan<- []discovery.Group) {
 				if _, ok := static[n]; ok {
 					continue
 				}
-				ws := d.watchers(n, Upstream{Tag: d.o.Config.Catalog.Tag})
-				dynamic[n] = ws
-				for _, w := range ws {
-					start(w)
-				}
-				d.log.Info("consul: catalog upstream found", "upstream", n)
+				watchDynamic(n)
 			}
 		case ups := <-d.updates:
 			apply(ups)
@@ -285,7 +304,9 @@ func (d *Discovery) watchCatalog(ctx context.Context, out chan<- catalogEvent) {
 		lastStart = time.Now()
 		q := &api.QueryOptions{Datacenter: cfg.Datacenter, WaitIndex: index, WaitTime: cfg.WaitTime,
 			AllowStale: cfg.AllowStale, Filter: cfg.Catalog.Filter}
-		svcs, meta, err := d.o.Client.Catalog().Services(q.WithContext(ctx))
+		qctx, qcancel := context.WithTimeout(ctx, queryTimeout(cfg.WaitTime))
+		svcs, meta, err := d.o.Client.Catalog().Services(q.WithContext(qctx))
+		qcancel()
 		if ctx.Err() != nil {
 			return
 		}
@@ -319,6 +340,16 @@ func (d *Discovery) watchCatalog(ctx context.Context, out chan<- catalogEvent) {
 			return
 		}
 	}
+}
+
+// sortedNames returns the keys of set in order.
+func sortedNames(set map[string]bool) []string {
+	names := make([]string, 0, len(set))
+	for n := range set {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	return names
 }
 
 func mapsEqual(a, b map[string]bool) bool {

@@ -53,8 +53,12 @@ type Registration struct {
 	status health.Status // the probe's latest verdict
 	probed bool          // false until the first verdict (or always with no checker)
 
-	writeMu  sync.Mutex // serializes writes to the agent, so that a heartbeat cannot undo a drain
-	draining bool       // guarded by writeMu and mu (read under either)
+	draining    bool               // set once by Drain; Run no longer writes after it
+	cancelWrite context.CancelFunc // ends the write in flight, so that Drain need not wait for it
+
+	// write is a 1-slot lock that serializes writes to the agent, so that a heartbeat cannot
+	// undo a drain; a channel, so that Drain can stop waiting for it when its ctx ends.
+	write chan struct{}
 }
 
 // NewRegistration returns a Registration for o.
@@ -68,7 +72,7 @@ func NewRegistration(o RegistrationOptions) (*Registration, error) {
 	if err := o.Service.Validate(); err != nil {
 		return nil, fmt.Errorf("consul: service: %w", err)
 	}
-	r := &Registration{o: o, svc: o.Service, log: o.Logger, m: o.Metrics, changed: make(chan struct{}, 1)}
+	r := &Registration{o: o, svc: o.Service, log: o.Logger, m: o.Metrics, changed: make(chan struct{}, 1), write: make(chan struct{}, 1)}
 	r.id = r.svc.id()
 	r.checkID = "vigil:" + r.id
 	r.key = discovery.Key{Upstream: r.svc.Name, ID: r.id}
@@ -191,16 +195,23 @@ func (r *Registration) current() (status, output string) {
 // update writes the current status to the TTL check, registering the service first if the agent
 // does not know it. After a drain it does nothing.
 func (r *Registration) update(ctx context.Context) error {
-	r.writeMu.Lock()
-	defer r.writeMu.Unlock()
-	if r.draining {
+	if !lock(ctx, r.write) {
+		return ctx.Err()
+	}
+	defer func() { <-r.write }()
+	ctx, ok := r.startWrite(ctx)
+	if !ok {
 		return nil
 	}
+	defer r.endWrite()
 	status, output := r.current()
 	err := r.o.Client.Agent().UpdateTTLOpts(r.checkID, output, status, (&api.QueryOptions{}).WithContext(ctx))
 	if err == nil {
 		r.setStatus(status)
 		return nil
+	}
+	if r.isDraining() {
+		return nil // the drain interrupted the write
 	}
 	if !notFound(err) {
 		r.m.registered.Set(0)
@@ -208,10 +219,54 @@ func (r *Registration) update(ctx context.Context) error {
 	}
 	// The agent does not know the check: first start, or it lost its state (restarted).
 	if err := r.register(ctx, status, output); err != nil {
+		if r.isDraining() {
+			return nil
+		}
 		return err
 	}
 	r.setStatus(status)
 	return nil
+}
+
+// startWrite returns the context of a write to the agent, bounded by writeTimeout and ended by
+// Drain; it reports false once draining (no more writes).
+func (r *Registration) startWrite(ctx context.Context) (context.Context, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.draining {
+		return ctx, false
+	}
+	ctx, r.cancelWrite = context.WithTimeout(ctx, r.writeTimeout())
+	return ctx, true
+}
+
+func (r *Registration) endWrite() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.cancelWrite()
+	r.cancelWrite = nil
+}
+
+func (r *Registration) isDraining() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.draining
+}
+
+// writeTimeout bounds one write (update and register) to the agent: a frozen agent must not hold
+// the write lock much longer than a heartbeat (at least 1s, for a slow agent; at most callTimeout).
+func (r *Registration) writeTimeout() time.Duration {
+	return min(max(r.svc.heartbeat(), time.Second), callTimeout)
+}
+
+// lock takes the 1-slot lock l, or gives up when ctx ends.
+func lock(ctx context.Context, l chan struct{}) bool {
+	select {
+	case l <- struct{}{}:
+		return true
+	case <-ctx.Done():
+		return false
+	}
 }
 
 func (r *Registration) setStatus(status string) {
@@ -256,12 +311,13 @@ func (r *Registration) register(ctx context.Context, status, output string) erro
 // period (or until ctx ends) so that clients watching Consul stop sending to it, and deregisters it.
 // cmd/vigil calls it on SIGTERM before it cancels everything else; Run no longer writes after it.
 func (r *Registration) Drain(ctx context.Context) error {
-	r.writeMu.Lock()
 	r.mu.Lock()
 	r.draining = true
+	if r.cancelWrite != nil {
+		r.cancelWrite() // a heartbeat to a frozen agent must not hold up the drain
+	}
 	r.mu.Unlock()
-	err := r.o.Client.Agent().UpdateTTLOpts(r.checkID, "vigil: draining", api.HealthCritical, (&api.QueryOptions{}).WithContext(ctx))
-	r.writeMu.Unlock()
+	err := r.markDraining(ctx)
 	switch {
 	case err == nil:
 		r.m.setStatus(api.HealthCritical)
@@ -285,6 +341,17 @@ func (r *Registration) Drain(ctx context.Context) error {
 		return fmt.Errorf("consul: drain %s: %w", r.id, err)
 	}
 	return nil
+}
+
+// markDraining sets the TTL check critical, after any write in flight.
+func (r *Registration) markDraining(ctx context.Context) error {
+	if !lock(ctx, r.write) {
+		return ctx.Err()
+	}
+	defer func() { <-r.write }()
+	wctx, cancel := context.WithTimeout(ctx, callTimeout)
+	defer cancel()
+	return r.o.Client.Agent().UpdateTTLOpts(r.checkID, "vigil: draining", api.HealthCritical, (&api.QueryOptions{}).WithContext(wctx))
 }
 
 // notFound reports whether err is the agent saying it does not know the check or service.

@@ -93,7 +93,9 @@ func (w *watcher) run(ctx context.Context, events chan<- event) {
 			AllowStale:        w.cfg.AllowStale && !consistent,
 			RequireConsistent: consistent,
 		}
-		entries, meta, err := w.client.Health().Service(w.service, w.tag, false, q.WithContext(ctx))
+		qctx, qcancel := context.WithTimeout(ctx, queryTimeout(w.cfg.WaitTime))
+		entries, meta, err := w.client.Health().Service(w.service, w.tag, false, q.WithContext(qctx))
+		qcancel()
 		if ctx.Err() != nil {
 			return
 		}
@@ -205,6 +207,13 @@ func (w *watcher) instances(entries []*api.ServiceEntry) []discovery.Instance {
 	slices.SortFunc(out, func(a, b discovery.Instance) int { return cmp.Compare(a.ID, b.ID) })
 	return out
 }
+
+// callTimeout bounds a request that does not block on Consul's side; queryTimeout bounds a
+// blocking query that waits up to wait (Consul adds up to wait/16 of jitter). Past them, an agent
+// that accepts connections but never answers counts as a failure.
+const callTimeout = 5 * time.Second
+
+func queryTimeout(wait time.Duration) time.Duration { return wait + wait/16 + callTimeout }
 
 // nextIndex is the index of the next blocking query after an answer at index got, as Consul's
 // blocking-query guide asks: start over (0, no blocking) when the index went backwards (a restored
