@@ -101,7 +101,8 @@ type pending struct {
 
 // Run watches until ctx ends. Its first send is the full set, once every watch has answered or
 // failed once; a watch that failed is sent with Keep, so that the Manager keeps its persisted
-// group. After that, it sends a watch's group when its instances change (a sync that changes nothing
+// group; and while the catalog filter is set but the catalog could not be listed yet, a Keep
+// group with no Source keeps every persisted group the set does not name. After that, it sends a watch's group when its instances change (a sync that changes nothing
 // is not sent); when a watch loses Consul, its last group once more with Synced set to its last
 // success (Synced is zero while in sync); and nothing else while Consul cannot be reached.
 func (d *Discovery) Run(ctx context.Context, up chan<- []discovery.Group) {
