@@ -2,13 +2,11 @@ package consul_test
 
 import (
 	"context"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -21,34 +19,7 @@ import (
 )
 
 // hungAgent listens on 127.0.0.1, accepts connections and never answers; it returns the address.
-func hungAgent(t *testing.T) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var mu sync.Mutex
-	var conns []net.Conn
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		defer mu.Unlock()
-		for _, c := range conns {
-			c.Close()
-		}
-	})
-	return ln.Addr().String()
-}
+func hungAgent(t *testing.T) string { return testutil.Listener(t) }
 
 // TestDrainInterruptsHungWrite: a heartbeat in flight to a frozen agent does not hold up Drain,
 // which returns within its own ctx and still deregisters the service.

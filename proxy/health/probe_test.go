@@ -46,34 +46,7 @@ func httpServer(t *testing.T, h http.HandlerFunc) *httptest.Server {
 }
 
 // tcpServer accepts connections and holds them until the test ends.
-func tcpServer(t *testing.T) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var conns []net.Conn
-	wg.Go(func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-		}
-	})
-	t.Cleanup(func() {
-		l.Close()
-		wg.Wait()
-		for _, c := range conns {
-			c.Close()
-		}
-	})
-	return l.Addr().String()
-}
+func tcpServer(t *testing.T) string { return testutil.Listener(t) }
 
 func grpcServer(t *testing.T) string {
 	addr, _ := grpcServerStop(t)
