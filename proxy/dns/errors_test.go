@@ -78,28 +78,7 @@ func TestMalformed(t *testing.T) {
 	bad := []byte{0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff}
 	for _, nt := range nets {
 		t.Run(nt, func(t *testing.T) {
-			conn, err := net.Dial(nt, s.Addr())
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer conn.Close()
-			msg := bad
-			if nt == "tcp" {
-				msg = append([]byte{0, byte(len(bad))}, bad...)
-			}
-			if _, err := conn.Write(msg); err != nil {
-				t.Fatal(err)
-			}
-			conn.SetReadDeadline(time.Now().Add(3 * time.Second))
-			buf := make([]byte, 512)
-			n, err := conn.Read(buf)
-			if err != nil {
-				t.Fatal(err)
-			}
-			reply := buf[:n]
-			if nt == "tcp" {
-				reply = reply[2:]
-			}
+			reply := exchangeRaw(t, nt, s.Addr(), bad)
 			var r mdns.Msg
 			if err := r.Unpack(reply); err != nil {
 				t.Fatalf("reply does not parse: %v", err)
@@ -233,28 +212,7 @@ func TestWireSize(t *testing.T) {
 	want := 12 + 20 + 4 + 2*16 + 11
 	for _, nt := range nets {
 		t.Run(nt, func(t *testing.T) {
-			conn, err := net.Dial(nt, s.Addr())
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer conn.Close()
-			msg := pkt
-			if nt == "tcp" {
-				msg = append([]byte{byte(len(pkt) >> 8), byte(len(pkt))}, pkt...)
-			}
-			if _, err := conn.Write(msg); err != nil {
-				t.Fatal(err)
-			}
-			conn.SetReadDeadline(time.Now().Add(3 * time.Second))
-			buf := make([]byte, 4096)
-			n, err := io.ReadAtLeast(conn, buf, 12)
-			if err != nil {
-				t.Fatal(err)
-			}
-			reply := buf[:n]
-			if nt == "tcp" {
-				reply = reply[2:]
-			}
+			reply := exchangeRaw(t, nt, s.Addr(), pkt)
 			if len(reply) != want {
 				t.Errorf("response of %d bytes, want %d (compressed)", len(reply), want)
 			}
@@ -287,4 +245,38 @@ func TestMiekgUDP(t *testing.T) {
 	if got := ips(ask(t, "udp", s.Addr(), "example.org.", mdns.TypeA).Answer); len(got) != 1 || got[0] != "192.0.2.1" {
 		t.Errorf("forwarded: %v", got)
 	}
+}
+
+// exchangeRaw sends msg as it is over nt (with TCP's length prefix) and returns the raw reply.
+func exchangeRaw(t *testing.T, nt, addr string, msg []byte) []byte {
+	t.Helper()
+	conn, err := net.Dial(nt, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(3 * time.Second))
+	if nt == "tcp" {
+		msg = append([]byte{byte(len(msg) >> 8), byte(len(msg))}, msg...)
+	}
+	if _, err := conn.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	if nt == "udp" {
+		buf := make([]byte, mdns.MaxMsgSize)
+		n, err := conn.Read(buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return buf[:n]
+	}
+	var l [2]byte
+	if _, err := io.ReadFull(conn, l[:]); err != nil {
+		t.Fatal(err)
+	}
+	reply := make([]byte, int(l[0])<<8|int(l[1]))
+	if _, err := io.ReadFull(conn, reply); err != nil {
+		t.Fatal(err)
+	}
+	return reply
 }
