@@ -28,13 +28,15 @@ func TestEmbeddedDefault(t *testing.T) {
 	}
 }
 
-// TestFiles parses testdata/*.good.yaml (must pass) and *.bad.yaml, whose "# want: " lines list
-// every expected error message, in order.
+// TestFiles parses testdata/*.good.yaml and the shipped deployments/*.yaml (must pass), and
+// testdata/*.bad.yaml, whose "# want: " lines list every expected error message, in order.
 func TestFiles(t *testing.T) {
 	files, _ := filepath.Glob("testdata/*.yaml")
-	if len(files) == 0 {
-		t.Fatal("no testdata")
+	deployments, _ := filepath.Glob("../deployments/*.yaml")
+	if len(files) == 0 || len(deployments) == 0 {
+		t.Fatal("no testdata or no deployment configs")
 	}
+	files = append(files, deployments...)
 	for _, f := range files {
 		t.Run(filepath.Base(f), func(t *testing.T) {
 			data, err := os.ReadFile(f)
@@ -48,7 +50,7 @@ func TestFiles(t *testing.T) {
 				}
 			}
 			_, err = configs.Parse(data)
-			if strings.HasSuffix(f, ".good.yaml") {
+			if !strings.HasSuffix(f, ".bad.yaml") {
 				if err != nil {
 					t.Fatalf("want no error, got:\n%v", err)
 				}
@@ -112,22 +114,5 @@ upstreams:
 	}
 	if d.Domain != "vigil." || d.Listen != "127.0.0.1:8600" {
 		t.Errorf("DNSConfig = %+v: want domain vigil., default listen", d)
-	}
-}
-
-// TestDeployments keeps the shipped example configurations valid.
-func TestDeployments(t *testing.T) {
-	files, _ := filepath.Glob("../deployments/*.yaml")
-	if len(files) == 0 {
-		t.Fatal("no deployment configs")
-	}
-	for _, f := range files {
-		data, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := configs.Parse(data); err != nil {
-			t.Errorf("%s:\n%v", f, err)
-		}
 	}
 }
