@@ -9,16 +9,15 @@ import (
 	"io"
 	"maps"
 	"net"
-	"regexp"
 	"slices"
 	"strconv"
 	"time"
 
 	"gopkg.in/yaml.v3"
 
-	"github.com/vigil-sidecar/vigil/configs/field"
 	"github.com/vigil-sidecar/vigil/discovery/consul"
 	"github.com/vigil-sidecar/vigil/discovery/static"
+	"github.com/vigil-sidecar/vigil/internal/field"
 	"github.com/vigil-sidecar/vigil/proxy/admin"
 	"github.com/vigil-sidecar/vigil/proxy/dns"
 	"github.com/vigil-sidecar/vigil/proxy/health"
@@ -200,8 +199,6 @@ func cloneCheck(c health.CheckConfig) health.CheckConfig {
 	return c
 }
 
-var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
-
 // Validate checks the whole configuration and returns every problem, each naming its field.
 func (c *Config) Validate() error {
 	var errs field.Errors
@@ -214,7 +211,7 @@ func (c *Config) Validate() error {
 		errs.Addf("log.format", "must be text or json, got %q", c.Log.Format)
 	}
 	errs.Add("admin", c.Admin.Validate())
-	if !nameRE.MatchString(c.Node.Datacenter) {
+	if !field.NameRE.MatchString(c.Node.Datacenter) {
 		errs.Addf("node.datacenter", "%q must be one DNS label: lowercase letters, digits and '-'", c.Node.Datacenter)
 	}
 	if c.Discovery.MaxStateAge < 0 {
@@ -237,7 +234,7 @@ func (c *Config) Validate() error {
 		switch j, dup := seen[u.Name]; {
 		case u.Name == "":
 			errs.Addf(p+".name", "must be set")
-		case !nameRE.MatchString(u.Name):
+		case !field.NameRE.MatchString(u.Name):
 			errs.Addf(p+".name", "%q must be lowercase letters, digits and '-', at most 63 characters", u.Name)
 		case dup:
 			errs.Addf(p+".name", "%q is already the name of upstreams[%d]", u.Name, j)

@@ -12,7 +12,7 @@ import (
 
 	"github.com/vigil-sidecar/vigil/discovery"
 	"github.com/vigil-sidecar/vigil/discovery/static"
-	"github.com/vigil-sidecar/vigil/testutil"
+	"github.com/vigil-sidecar/vigil/internal/testutil"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -172,22 +172,6 @@ func TestStaticReload(t *testing.T) {
 	}
 	cancel()
 	<-done
-}
-
-func TestWriteFileAtomic(t *testing.T) {
-	dir := t.TempDir()
-	p := filepath.Join(dir, "f")
-	for _, s := range []string{"one", "two"} {
-		if err := discovery.WriteFileAtomic(p, []byte(s)); err != nil {
-			t.Fatal(err)
-		}
-		if b, _ := os.ReadFile(p); string(b) != s {
-			t.Errorf("content %q, want %q", b, s)
-		}
-	}
-	if entries, _ := os.ReadDir(dir); len(entries) != 1 {
-		t.Errorf("temporary files left behind: %d entries", len(entries))
-	}
 }
 
 // TestFirstSetKeepsUnconfirmedSources: a first full set that marks a source Keep (its origin is

@@ -18,9 +18,9 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/vigil-sidecar/vigil/discovery"
+	vtestutil "github.com/vigil-sidecar/vigil/internal/testutil"
 	"github.com/vigil-sidecar/vigil/proxy/health"
 	"github.com/vigil-sidecar/vigil/proxy/table"
-	vtestutil "github.com/vigil-sidecar/vigil/testutil"
 )
 
 var node = &corev3.Node{Id: "raw-test", UserAgentName: "raw-ads-test"}

@@ -28,9 +28,9 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/vigil-sidecar/vigil/discovery"
+	"github.com/vigil-sidecar/vigil/internal/testutil"
 	"github.com/vigil-sidecar/vigil/proxy/health"
 	"github.com/vigil-sidecar/vigil/proxy/table"
-	"github.com/vigil-sidecar/vigil/testutil"
 )
 
 // The benchmark scenario: 1,000 upstreams × 10 instances, 200 ADS clients (half delta,

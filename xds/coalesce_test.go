@@ -7,8 +7,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/vigil-sidecar/vigil/discovery"
+	vtestutil "github.com/vigil-sidecar/vigil/internal/testutil"
 	"github.com/vigil-sidecar/vigil/proxy/health"
-	vtestutil "github.com/vigil-sidecar/vigil/testutil"
 )
 
 // TestCoalescing: a burst of table changes becomes one push; changes that keep coming are

@@ -6,7 +6,7 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/vigil-sidecar/vigil/configs/field"
+	"github.com/vigil-sidecar/vigil/internal/field"
 )
 
 // Upstream protocols.
@@ -114,7 +114,7 @@ func DefaultConfig() Config {
 func (c *Config) Validate() error {
 	var errs field.Errors
 	if c.Listen != "" {
-		if err := validHostPort(c.Listen); err != nil {
+		if err := field.HostPort(c.Listen, true); err != nil {
 			errs.Addf("listen", "%v", err)
 		}
 	}
@@ -134,12 +134,12 @@ func (c *Config) Validate() error {
 		errs.Addf("listener_address", "%q is not an IP address", c.ListenerAddress)
 	}
 	if c.Inbound.Name != "" {
-		if err := validHostPort(c.Inbound.Listen); err != nil {
+		if err := field.HostPort(c.Inbound.Listen, true); err != nil {
 			errs.Addf("inbound.listen", "%v", err)
 		} else if _, p, _ := net.SplitHostPort(c.Inbound.Listen); p == "0" {
 			errs.Addf("inbound.listen", "%q: Envoy needs a fixed port", c.Inbound.Listen)
 		}
-		if err := validHostPort(c.Inbound.Service); err != nil {
+		if err := field.HostPort(c.Inbound.Service, true); err != nil {
 			errs.Addf("inbound.service", "%v", err)
 		} else if _, p, _ := net.SplitHostPort(c.Inbound.Service); p == "0" {
 			errs.Addf("inbound.service", "%q: needs the service's port", c.Inbound.Service)
@@ -186,20 +186,6 @@ func (u *UpstreamConfig) Validate() error {
 func validProtocol(p string) error {
 	if p != "" && p != ProtocolTCP && p != ProtocolHTTP {
 		return fmt.Errorf("must be tcp or http, got %q", p)
-	}
-	return nil
-}
-
-func validHostPort(addr string) error {
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		return fmt.Errorf("%q is not host:port", addr)
-	}
-	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
-		return fmt.Errorf("%q has no valid port", addr)
-	}
-	if net.ParseIP(host) == nil {
-		return fmt.Errorf("%q: host must be an IP address", addr)
 	}
 	return nil
 }

@@ -11,9 +11,9 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/vigil-sidecar/vigil/discovery"
+	"github.com/vigil-sidecar/vigil/internal/testutil"
 	"github.com/vigil-sidecar/vigil/proxy/health"
 	"github.com/vigil-sidecar/vigil/proxy/table"
-	"github.com/vigil-sidecar/vigil/testutil"
 )
 
 // liveBackend is a gRPC backend that can be killed and revived on the same address,

@@ -15,9 +15,9 @@ import (
 	grpcxds "google.golang.org/grpc/xds"
 
 	"github.com/vigil-sidecar/vigil/discovery"
+	"github.com/vigil-sidecar/vigil/internal/testutil"
 	healthcfg "github.com/vigil-sidecar/vigil/proxy/health"
 	"github.com/vigil-sidecar/vigil/proxy/table"
-	"github.com/vigil-sidecar/vigil/testutil"
 )
 
 // backend is a real gRPC server with the health service; callers learn which backend

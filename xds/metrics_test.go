@@ -9,8 +9,8 @@ import (
 	ptestutil "github.com/prometheus/client_golang/prometheus/testutil"
 	statuspb "google.golang.org/genproto/googleapis/rpc/status"
 
+	"github.com/vigil-sidecar/vigil/internal/testutil"
 	"github.com/vigil-sidecar/vigil/proxy/health"
-	"github.com/vigil-sidecar/vigil/testutil"
 )
 
 // TestMetricsPromtool serves a little traffic, then checks the exposition with promtool.

@@ -4,12 +4,10 @@ package xds
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -32,6 +30,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 
+	"github.com/vigil-sidecar/vigil/internal/tlsutil"
 	"github.com/vigil-sidecar/vigil/proxy/table"
 )
 
@@ -160,13 +159,9 @@ func serverCreds(c *TLS) (credentials.TransportCredentials, error) {
 	}
 	tc := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	if c.ClientCAFile != "" {
-		pem, err := os.ReadFile(c.ClientCAFile)
+		pool, err := tlsutil.LoadCAPool(c.ClientCAFile)
 		if err != nil {
 			return nil, fmt.Errorf("xds: tls: client ca: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("xds: tls: client ca %s: no PEM certificate", c.ClientCAFile)
 		}
 		tc.ClientCAs, tc.ClientAuth = pool, tls.RequireAndVerifyClientCert
 	}

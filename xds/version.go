@@ -9,7 +9,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/vigil-sidecar/vigil/discovery"
+	"github.com/vigil-sidecar/vigil/internal/atomicfile"
 )
 
 // nextEpoch returns this run's version epoch, which prefixes every version the server
@@ -33,7 +33,7 @@ func nextEpoch(path string, now time.Time) (uint64, error) {
 		}
 		epoch = max(epoch, prev+1)
 	}
-	if err := discovery.WriteFileAtomic(path, []byte(strconv.FormatUint(epoch, 10)+"\n")); err != nil {
+	if err := atomicfile.Write(path, []byte(strconv.FormatUint(epoch, 10)+"\n")); err != nil {
 		return 0, fmt.Errorf("xds: version file: %w", err)
 	}
 	return epoch, nil

@@ -16,8 +16,8 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/vigil-sidecar/vigil/internal/testutil"
 	"github.com/vigil-sidecar/vigil/proxy/admin"
-	"github.com/vigil-sidecar/vigil/testutil"
 )
 
 // startConsul runs a real Consul dev agent on free loopback ports until the test ends; it

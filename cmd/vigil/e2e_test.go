@@ -24,8 +24,8 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/vigil-sidecar/vigil/configs"
+	"github.com/vigil-sidecar/vigil/internal/testutil"
 	"github.com/vigil-sidecar/vigil/proxy/admin"
-	"github.com/vigil-sidecar/vigil/testutil"
 )
 
 func TestMain(m *testing.M) {

@@ -14,7 +14,7 @@ import (
 	"syscall"
 
 	"github.com/vigil-sidecar/vigil/configs"
-	"github.com/vigil-sidecar/vigil/configs/field"
+	"github.com/vigil-sidecar/vigil/internal/field"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".

@@ -16,7 +16,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/vigil-sidecar/vigil/discovery/consul"
-	"github.com/vigil-sidecar/vigil/testutil"
+	"github.com/vigil-sidecar/vigil/internal/testutil"
 )
 
 func TestMain(m *testing.M) {

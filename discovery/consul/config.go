@@ -12,7 +12,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/vigil-sidecar/vigil/configs/field"
+	"github.com/vigil-sidecar/vigil/internal/field"
 	"github.com/vigil-sidecar/vigil/proxy/health"
 )
 

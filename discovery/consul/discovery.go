@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"regexp"
 	"slices"
 	"sync"
 	"time"
@@ -13,6 +12,7 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/vigil-sidecar/vigil/discovery"
+	"github.com/vigil-sidecar/vigil/internal/field"
 )
 
 // Options configures a Discovery.
@@ -286,9 +286,6 @@ type catalogEvent struct {
 	services map[string]bool
 }
 
-// upstreamName is what vigil accepts as an upstream name (as configs does).
-var upstreamName = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
-
 // watchCatalog runs a blocking query over the catalog's services with the configured filter.
 func (d *Discovery) watchCatalog(ctx context.Context, out chan<- catalogEvent) {
 	cfg := &d.o.Config
@@ -329,7 +326,7 @@ func (d *Discovery) watchCatalog(ctx context.Context, out chan<- catalogEvent) {
 		index = nextIndex(index, meta.LastIndex)
 		set := map[string]bool{}
 		for n := range svcs {
-			if n != "consul" && upstreamName.MatchString(n) {
+			if n != "consul" && field.NameRE.MatchString(n) {
 				set[n] = true
 			}
 		}

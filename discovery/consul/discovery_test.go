@@ -9,8 +9,8 @@ import (
 
 	"github.com/vigil-sidecar/vigil/discovery"
 	"github.com/vigil-sidecar/vigil/discovery/consul"
+	"github.com/vigil-sidecar/vigil/internal/testutil"
 	"github.com/vigil-sidecar/vigil/proxy/table"
-	"github.com/vigil-sidecar/vigil/testutil"
 )
 
 const wait = 15 * time.Second

@@ -15,7 +15,7 @@ import (
 
 	"github.com/vigil-sidecar/vigil/discovery"
 	"github.com/vigil-sidecar/vigil/discovery/consul"
-	"github.com/vigil-sidecar/vigil/testutil"
+	"github.com/vigil-sidecar/vigil/internal/testutil"
 )
 
 // hungAgent listens on 127.0.0.1, accepts connections and never answers; it returns the address.

@@ -14,8 +14,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/vigil-sidecar/vigil/discovery/consul"
+	"github.com/vigil-sidecar/vigil/internal/testutil"
 	"github.com/vigil-sidecar/vigil/proxy/health"
-	"github.com/vigil-sidecar/vigil/testutil"
 )
 
 // TestAgentRestart: the agent is killed and restarted (a dev agent: it loses its state). While it

@@ -25,7 +25,7 @@ import (
 
 	"github.com/vigil-sidecar/vigil/discovery"
 	"github.com/vigil-sidecar/vigil/discovery/consul"
-	"github.com/vigil-sidecar/vigil/testutil"
+	"github.com/vigil-sidecar/vigil/internal/testutil"
 )
 
 // pki writes a CA, a server certificate for 127.0.0.1 and a client certificate into dir.

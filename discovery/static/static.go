@@ -7,8 +7,8 @@ import (
 	"strconv"
 	"sync"
 
-	"github.com/vigil-sidecar/vigil/configs/field"
 	"github.com/vigil-sidecar/vigil/discovery"
+	"github.com/vigil-sidecar/vigil/internal/field"
 )
 
 // Instance is one configured instance of an upstream.

@@ -15,7 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/vigil-sidecar/vigil/configs/field"
+	"github.com/vigil-sidecar/vigil/internal/field"
 	"github.com/vigil-sidecar/vigil/proxy/table"
 )
 
@@ -30,15 +30,8 @@ type Config struct {
 
 // Validate checks c.
 func (c *Config) Validate() error {
-	host, port, err := net.SplitHostPort(c.Listen)
-	if err != nil {
-		return field.Errorf("listen", "%q is not host:port", c.Listen)
-	}
-	if _, err := net.LookupPort("tcp", port); err != nil {
-		return field.Errorf("listen", "%q has no valid port", c.Listen)
-	}
-	if net.ParseIP(host) == nil {
-		return field.Errorf("listen", "%q: host must be an IP address (the admin API has no authentication: keep it on loopback)", c.Listen)
+	if err := field.HostPort(c.Listen, true); err != nil {
+		return field.Errorf("listen", "%v", err)
 	}
 	return nil
 }

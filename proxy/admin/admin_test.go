@@ -15,10 +15,10 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/vigil-sidecar/vigil/discovery"
+	"github.com/vigil-sidecar/vigil/internal/testutil"
 	"github.com/vigil-sidecar/vigil/proxy/admin"
 	"github.com/vigil-sidecar/vigil/proxy/health"
 	"github.com/vigil-sidecar/vigil/proxy/table"
-	"github.com/vigil-sidecar/vigil/testutil"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }

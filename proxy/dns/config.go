@@ -2,15 +2,13 @@ package dns
 
 import (
 	"fmt"
-	"net"
 	"net/netip"
-	"strconv"
 	"strings"
 	"time"
 
 	mdns "github.com/miekg/dns"
 
-	"github.com/vigil-sidecar/vigil/configs/field"
+	"github.com/vigil-sidecar/vigil/internal/field"
 )
 
 // Config configures the DNS frontend (the `dns:` section of the configuration file).
@@ -75,7 +73,7 @@ func (u *UpstreamConfig) Validate() error {
 func (c *Config) Validate() error {
 	var errs field.Errors
 	if c.Listen != "" {
-		if err := checkHostPort(c.Listen, true); err != nil {
+		if err := field.HostPort(c.Listen, true); err != nil {
 			errs.Addf("listen", "%v", err)
 		}
 	}
@@ -96,7 +94,7 @@ func (c *Config) Validate() error {
 		errs.Addf("answer_limit", "must be >= 0 (0: no limit), got %d", c.AnswerLimit)
 	}
 	for i, r := range c.Recursors {
-		if err := checkHostPort(r, false); err != nil {
+		if err := field.HostPort(r, false); err != nil {
 			errs.Addf(fmt.Sprintf("recursors[%d]", i), "%v", err)
 		}
 	}
@@ -112,21 +110,6 @@ func (c *Config) Validate() error {
 		errs.Addf("ttl", "must be >= 0")
 	}
 	return errs.Err()
-}
-
-func checkHostPort(addr string, allowZero bool) error {
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		return fmt.Errorf("%q is not host:port", addr)
-	}
-	n, err := strconv.Atoi(port)
-	if err != nil || n < 0 || n > 65535 || (n == 0 && !allowZero) {
-		return fmt.Errorf("%q has no valid port", addr)
-	}
-	if net.ParseIP(host) == nil {
-		return fmt.Errorf("%q: host must be an IP address", addr)
-	}
-	return nil
 }
 
 func checkDomain(d string) error {

@@ -12,10 +12,10 @@ import (
 	"time"
 
 	"github.com/vigil-sidecar/vigil/discovery"
+	"github.com/vigil-sidecar/vigil/internal/testutil"
 	"github.com/vigil-sidecar/vigil/proxy/dns"
 	"github.com/vigil-sidecar/vigil/proxy/health"
 	"github.com/vigil-sidecar/vigil/proxy/table"
-	"github.com/vigil-sidecar/vigil/testutil"
 )
 
 // backend is a real HTTP server on loopback that can be killed and revived on the same address.

@@ -11,9 +11,9 @@ import (
 	mdns "github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/vigil-sidecar/vigil/internal/testutil"
 	"github.com/vigil-sidecar/vigil/proxy/dns"
 	"github.com/vigil-sidecar/vigil/proxy/table"
-	"github.com/vigil-sidecar/vigil/testutil"
 )
 
 func TestBadQueries(t *testing.T) {

@@ -2,10 +2,11 @@ package dns_test
 
 import (
 	"fmt"
-	"github.com/vigil-sidecar/vigil/testutil"
 	"os"
 	"testing"
 	"time"
+
+	"github.com/vigil-sidecar/vigil/internal/testutil"
 
 	mdns "github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"

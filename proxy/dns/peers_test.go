@@ -12,7 +12,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
-	"github.com/vigil-sidecar/vigil/testutil"
+	"github.com/vigil-sidecar/vigil/internal/testutil"
 )
 
 // startCoreDNS serves the benchmark's records from a zone file with CoreDNS's file plugin.

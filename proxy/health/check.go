@@ -2,14 +2,14 @@ package health
 
 import (
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net/http"
-	"os"
 	"strings"
 	"time"
+
+	"github.com/vigil-sidecar/vigil/internal/tlsutil"
 )
 
 // check is a CheckConfig compiled once for every instance of an upstream.
@@ -45,14 +45,9 @@ func compile(cfg CheckConfig) *check {
 			InsecureSkipVerify: cfg.TLS.InsecureSkipVerify, //nolint:gosec // the user's explicit choice
 		}
 		if cfg.TLS.CAFile != "" {
-			pem, err := os.ReadFile(cfg.TLS.CAFile)
+			pool, err := tlsutil.LoadCAPool(cfg.TLS.CAFile)
 			if err != nil {
 				c.err = fmt.Errorf("tls.ca_file: %w", err)
-				return c
-			}
-			pool := x509.NewCertPool()
-			if !pool.AppendCertsFromPEM(pem) {
-				c.err = fmt.Errorf("tls.ca_file: no PEM certificate in %s", cfg.TLS.CAFile)
 				return c
 			}
 			c.tls.RootCAs = pool

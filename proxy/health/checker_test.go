@@ -17,8 +17,8 @@ import (
 	promtest "github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/vigil-sidecar/vigil/discovery"
+	"github.com/vigil-sidecar/vigil/internal/testutil"
 	"github.com/vigil-sidecar/vigil/proxy/health"
-	"github.com/vigil-sidecar/vigil/testutil"
 )
 
 // countingServer is an HTTP server that counts its requests.

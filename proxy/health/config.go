@@ -8,7 +8,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/vigil-sidecar/vigil/configs/field"
+	"github.com/vigil-sidecar/vigil/internal/field"
 )
 
 // Probe kinds.

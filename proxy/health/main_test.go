@@ -12,8 +12,8 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/vigil-sidecar/vigil/discovery"
+	"github.com/vigil-sidecar/vigil/internal/testutil"
 	"github.com/vigil-sidecar/vigil/proxy/health"
-	"github.com/vigil-sidecar/vigil/testutil"
 )
 
 func TestMain(m *testing.M) {

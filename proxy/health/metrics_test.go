@@ -8,7 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/common/expfmt"
 
-	"github.com/vigil-sidecar/vigil/testutil"
+	"github.com/vigil-sidecar/vigil/internal/testutil"
 )
 
 func exposition(t *testing.T, reg *prometheus.Registry) string {

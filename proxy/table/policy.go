@@ -1,7 +1,7 @@
 package table
 
 import (
-	"github.com/vigil-sidecar/vigil/configs/field"
+	"github.com/vigil-sidecar/vigil/internal/field"
 )
 
 // Panic modes.
