@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -31,6 +32,9 @@ type Config struct {
 // Validate checks c.
 func (c *Config) Validate() error {
 	if err := field.HostPort(c.Listen, true); err != nil {
+		if strings.Contains(err.Error(), "host must be") {
+			return field.Errorf("listen", "%v (the admin API has no authentication: keep it on loopback)", err)
+		}
 		return field.Errorf("listen", "%v", err)
 	}
 	return nil
