@@ -82,7 +82,7 @@ func mapsCopy[M ~map[string]V, V any](dst, src M) {
 func TranslateUpstream(u *table.Upstream, cfg *Config) *Resources {
 	uc := cfg.Upstreams[u.Name]
 	r := newResources()
-	r.Clusters[u.Name] = Cluster(u.Name, u.Policy, &uc)
+	r.Clusters[u.Name] = Cluster(u.Name, &uc)
 	r.Endpoints[u.Name] = LoadAssignment(u)
 	r.APIListeners[u.Name] = apiListener(u.Name)
 	if uc.ListenPort > 0 {
@@ -99,7 +99,7 @@ func TranslateUpstream(u *table.Upstream, cfg *Config) *Resources {
 }
 
 // Cluster returns the EDS cluster of an upstream, its endpoints delivered over ADS.
-func Cluster(name string, p table.Policy, uc *UpstreamConfig) *clusterv3.Cluster {
+func Cluster(name string, uc *UpstreamConfig) *clusterv3.Cluster {
 	c := &clusterv3.Cluster{
 		Name:                 name,
 		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
@@ -111,9 +111,10 @@ func Cluster(name string, p table.Policy, uc *UpstreamConfig) *clusterv3.Cluster
 		},
 		ConnectTimeout: durationpb.New(orDefault(uc.ConnectTimeout, DefaultConnectTimeout)),
 		LbPolicy:       clusterv3.Cluster_ROUND_ROBIN,
-		// vigil's table is the judge of panic: Envoy's own panic mode (default: below 50%
-		// healthy, send to all) follows the upstream's fail_open threshold, or is off.
-		CommonLbConfig: &clusterv3.Cluster_CommonLbConfig{HealthyPanicThreshold: &typev3.Percent{Value: panicThreshold(p)}},
+		// vigil's table is the judge of panic and has applied it already (in fail_open, the
+		// instances it serves in panic are sent HEALTHY): Envoy's own panic mode (default: below
+		// 50% healthy, send to all) is off.
+		CommonLbConfig: &clusterv3.Cluster_CommonLbConfig{HealthyPanicThreshold: &typev3.Percent{Value: 0}},
 	}
 	if cb := uc.CircuitBreakers; cb != nil {
 		t := &clusterv3.CircuitBreakers_Thresholds{Priority: corev3.RoutingPriority_DEFAULT}
@@ -134,13 +135,6 @@ func Cluster(name string, p table.Policy, uc *UpstreamConfig) *clusterv3.Cluster
 	return c
 }
 
-func panicThreshold(p table.Policy) float64 {
-	if p.PanicMode == table.FailClosed {
-		return 0
-	}
-	return p.PanicThreshold
-}
-
 func u32(v uint32) *wrapperspb.UInt32Value {
 	if v == 0 {
 		return nil
@@ -148,16 +142,15 @@ func u32(v uint32) *wrapperspb.UInt32Value {
 	return wrapperspb.UInt32(v)
 }
 
-// HealthStatus maps a table state to Envoy's. An instance not yet probed is sent as UNHEALTHY:
-// Envoy and gRPC route to UNKNOWN endpoints as if healthy, and vigil serves no instance before
-// its first passing probe.
-func HealthStatus(s table.State) corev3.HealthStatus {
-	switch s {
-	case table.Healthy:
+// HealthStatus maps the table's verdict on an instance to Envoy's: HEALTHY when the table
+// serves it (in panic with fail_open, failing instances too), DRAINING while it drains, and
+// UNHEALTHY otherwise, not yet probed instances included (Envoy and gRPC route to UNKNOWN
+// endpoints as if healthy).
+func HealthStatus(in *table.Instance) corev3.HealthStatus {
+	switch {
+	case in.Served:
 		return corev3.HealthStatus_HEALTHY
-	case table.Unhealthy:
-		return corev3.HealthStatus_UNHEALTHY
-	case table.Draining:
+	case in.State == table.Draining:
 		return corev3.HealthStatus_DRAINING
 	default:
 		return corev3.HealthStatus_UNHEALTHY
@@ -174,7 +167,7 @@ type localityKey struct {
 	zone     string
 }
 
-// LoadAssignment returns the endpoints of an upstream: every instance with its health,
+// LoadAssignment returns the endpoints of an upstream: every instance with the table's verdict,
 // weight and locality (region: datacenter, zone: zone), grouped by locality and the
 // table's priority (same zone first, then other zones, then fallback datacenters).
 func LoadAssignment(u *table.Upstream) *endpointv3.ClusterLoadAssignment {
@@ -201,7 +194,7 @@ func LoadAssignment(u *table.Upstream) *endpointv3.ClusterLoadAssignment {
 			HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
 				Address: socketAddress(in.Address, uint32(in.Port)),
 			}},
-			HealthStatus:        HealthStatus(in.State),
+			HealthStatus:        HealthStatus(in),
 			LoadBalancingWeight: wrapperspb.UInt32(w),
 		})
 		// gRPC ignores a locality without a weight: weigh each by its instances' weights.

@@ -1,7 +1,6 @@
 package dns
 
 import (
-	"cmp"
 	"encoding/binary"
 	"encoding/hex"
 	"net/netip"
@@ -28,7 +27,7 @@ type service struct {
 	version uint64
 	ttl     uint32
 	served  []*rec            // the table's served instances, best priority first
-	byDC    map[string][]*rec // other datacenters: their healthy instances, best priority first
+	byDC    map[string][]*rec // other datacenters: the table's per-datacenter served sets
 }
 
 // rec is one instance's records in wire form, without owner names (those are compression
@@ -77,25 +76,19 @@ func (s *Server) buildService(u *table.Upstream, ttl uint32) *service {
 	for _, in := range u.Served {
 		svc.served = append(svc.served, s.buildRec(in, ttl))
 	}
-	var remote []*table.Instance
-	for i := range u.Instances {
-		in := &u.Instances[i]
-		if dc := strings.ToLower(in.Datacenter); dc != "" && dc != s.localDC {
-			if svc.byDC == nil {
-				svc.byDC = map[string][]*rec{}
-			}
-			if _, ok := svc.byDC[dc]; !ok {
-				svc.byDC[dc] = nil // known, even with nothing healthy
-			}
-			if in.State == table.Healthy {
-				remote = append(remote, in)
-			}
+	for name, d := range u.DCs {
+		dc := strings.ToLower(name)
+		if dc == s.localDC {
+			continue
 		}
-	}
-	slices.SortStableFunc(remote, func(a, b *table.Instance) int { return cmp.Compare(a.Priority, b.Priority) })
-	for _, in := range remote {
-		dc := strings.ToLower(in.Datacenter)
-		svc.byDC[dc] = append(svc.byDC[dc], s.buildRec(in, ttl))
+		if svc.byDC == nil {
+			svc.byDC = map[string][]*rec{}
+		}
+		recs := svc.byDC[dc] // nil: known, even with nothing served
+		for _, in := range d.Served {
+			recs = append(recs, s.buildRec(in, ttl))
+		}
+		svc.byDC[dc] = recs
 	}
 	linkSame(svc.served)
 	for _, recs := range svc.byDC {

@@ -66,6 +66,20 @@ type Upstream struct {
 	Failover int
 	// Synced is when discovery last confirmed this upstream with its origin; zero for static.
 	Synced time.Time
+	// DCs are the per-datacenter views (for NAME.service.DC.consul), by each datacenter
+	// named by an instance. A datacenter with nothing served is still present: it is known.
+	DCs map[string]*DC
+}
+
+// DC is one datacenter's view of an upstream: its instances judged on their own, with the
+// upstream's policy (panic per datacenter), as when that datacenter is asked for by name.
+type DC struct {
+	// Served are the datacenter's served instances, best priority first, then by ID.
+	Served []*Instance
+	// Healthy and Total count the datacenter's instances, draining and not probed ones excluded.
+	Healthy, Total int
+	// Panic is true when the datacenter's healthy share is below the panic threshold.
+	Panic bool
 }
 
 // Instance is one instance with its state and the policy's verdict.
@@ -198,5 +212,50 @@ func build(mem *discovery.Upstream, statuses map[discovery.Key]health.Status, p 
 		}
 	}
 	slices.SortStableFunc(u.Served, func(a, b *Instance) int { return cmp.Compare(a.Priority, b.Priority) })
+	u.DCs = dcViews(u.Instances, p)
 	return u
+}
+
+// dcViews judges each named datacenter's instances on their own, with the same policy:
+// healthy ones are served; in panic with fail_open, every probed, not draining one.
+func dcViews(ins []Instance, p Policy) map[string]*DC {
+	var dcs map[string]*DC
+	for i := range ins {
+		in := &ins[i]
+		if in.Datacenter == "" {
+			continue
+		}
+		if dcs == nil {
+			dcs = map[string]*DC{}
+		}
+		d := dcs[in.Datacenter]
+		if d == nil {
+			d = &DC{}
+			dcs[in.Datacenter] = d
+		}
+		if in.State == Draining || in.State == Unknown {
+			continue
+		}
+		d.Total++
+		if in.State == Healthy {
+			d.Healthy++
+		}
+	}
+	for _, d := range dcs {
+		d.Panic = d.Total > 0 && float64(d.Healthy)*100 < p.PanicThreshold*float64(d.Total)
+	}
+	for i := range ins {
+		in := &ins[i]
+		d := dcs[in.Datacenter]
+		if d == nil {
+			continue
+		}
+		if in.State == Healthy || in.State == Unhealthy && d.Panic && p.PanicMode == FailOpen {
+			d.Served = append(d.Served, in)
+		}
+	}
+	for _, d := range dcs {
+		slices.SortStableFunc(d.Served, func(a, b *Instance) int { return cmp.Compare(a.Priority, b.Priority) })
+	}
+	return dcs
 }
