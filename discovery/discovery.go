@@ -3,6 +3,7 @@ package discovery
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"sort"
 	"strconv"
@@ -32,15 +33,18 @@ func (h Health) String() string {
 // MarshalText encodes h as its name.
 func (h Health) MarshalText() ([]byte, error) { return []byte(h.String()), nil }
 
-// UnmarshalText decodes a name written by MarshalText.
+// UnmarshalText decodes a name written by MarshalText. An unknown name is an error, not
+// passing: a corrupted state file must not mark instances passing.
 func (h *Health) UnmarshalText(b []byte) error {
 	switch string(b) {
+	case "passing":
+		*h = Passing
 	case "critical":
 		*h = Critical
 	case "maintenance":
 		*h = Maintenance
 	default:
-		*h = Passing
+		return fmt.Errorf("discovery: unknown health %q", b)
 	}
 	return nil
 }

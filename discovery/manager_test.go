@@ -285,3 +285,48 @@ func TestStaticRemovalSurvivesReplacedChange(t *testing.T) {
 	cancel()
 	<-done
 }
+
+func TestHealthUnmarshalRejectsUnknown(t *testing.T) {
+	for _, h := range []discovery.Health{discovery.Passing, discovery.Critical, discovery.Maintenance} {
+		b, _ := h.MarshalText()
+		var got discovery.Health
+		if err := got.UnmarshalText(b); err != nil || got != h {
+			t.Errorf("%s: got %s, %v", h, got, err)
+		}
+	}
+	for _, bad := range []string{"", "PASSING", "ok", "critica"} {
+		got := discovery.Critical
+		if err := got.UnmarshalText([]byte(bad)); err == nil {
+			t.Errorf("%q: decoded as %s, want an error", bad, got)
+		}
+	}
+}
+
+// A corrupted state file (an unknown health value) is not used: it must not mark instances
+// passing. The manager still runs on what its sources send.
+func TestCorruptStateNotPassing(t *testing.T) {
+	state := filepath.Join(t.TempDir(), "membership.json")
+	os.WriteFile(state, []byte(`{"saved":"2999-01-01T00:00:00Z","groups":[{"source":"consul/api","upstream":"api","instances":[{"id":"1","health":"pasing"}]}]}`), 0o600)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	m := discovery.NewManager(discovery.ManagerOptions{StateFile: state})
+	src := make(chanDiscoverer)
+	m.Register("consul", src)
+	done := make(chan error)
+	go func() { done <- m.Run(ctx) }()
+	mem := next(t, m, func(discovery.Membership) bool { return true })
+	if len(mem.Upstreams) != 0 {
+		t.Errorf("a corrupted state file was used: %v", mem.Names())
+	}
+	select {
+	case src <- []discovery.Group{{Source: "api", Upstream: "api", Instances: []discovery.Instance{{ID: "2", Address: "127.0.0.1", Port: 1}}}}:
+	case <-time.After(5 * time.Second):
+		t.Fatal("discoverer not read")
+	}
+	mem = next(t, m, func(mem discovery.Membership) bool { return mem.Upstreams["api"] != nil })
+	if got := ids(mem.Upstreams["api"]); len(got) != 1 || got[0] != "2" {
+		t.Errorf("api: %v", got)
+	}
+	cancel()
+	<-done
+}

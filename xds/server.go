@@ -199,7 +199,7 @@ func (s *Server) Run(ctx context.Context) error {
 	// Subscribe before the first push: no change may fall between them.
 	changes, unsubscribe := s.table.Subscribe()
 	defer unsubscribe()
-	s.push(time.Time{})
+	pushed := s.push(time.Time{})
 	lis, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("xds: listen %s: %w", cfg.Listen, err)
@@ -236,7 +236,7 @@ func (s *Server) Run(ctx context.Context) error {
 		gs.Stop()
 		return nil
 	})
-	g.Go(func() error { s.loop(gctx, changes); return nil })
+	g.Go(func() error { s.loop(gctx, changes, pushed); return nil })
 	err = g.Wait()
 	if ctx.Err() != nil && err == nil {
 		return nil
@@ -246,9 +246,12 @@ func (s *Server) Run(ctx context.Context) error {
 
 // loop coalesces table changes: a push waits cfg.Coalesce after the last change, and at
 // most cfg.MaxDelay after the first.
-func (s *Server) loop(ctx context.Context, ch <-chan struct{}) {
+func (s *Server) loop(ctx context.Context, ch <-chan struct{}, pushed bool) {
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
+	if !pushed { // the first push failed: try again
+		timer.Reset(retryDelay(s.cfg.Load()))
+	}
 	defer timer.Stop()
 	var first time.Time // of the changes not pushed yet
 	for {
@@ -256,11 +259,16 @@ func (s *Server) loop(ctx context.Context, ch <-chan struct{}) {
 		case <-ctx.Done():
 			return
 		case <-s.reload:
-			s.push(time.Time{})
+			if !s.push(time.Time{}) {
+				timer.Reset(retryDelay(s.cfg.Load()))
+			}
 			continue
 		case <-ch:
 		case <-timer.C:
-			s.push(first)
+			if !s.push(first) { // retried until the caches take it
+				timer.Reset(retryDelay(s.cfg.Load()))
+				continue
+			}
 			first = time.Time{}
 			continue
 		}
@@ -272,7 +280,10 @@ func (s *Server) loop(ctx context.Context, ch <-chan struct{}) {
 		wait := min(cfg.Coalesce, first.Add(cfg.MaxDelay).Sub(now))
 		if wait <= 0 {
 			timer.Stop()
-			s.push(first)
+			if !s.push(first) {
+				timer.Reset(retryDelay(cfg))
+				continue
+			}
 			first = time.Time{}
 			continue
 		}
@@ -280,9 +291,14 @@ func (s *Server) loop(ctx context.Context, ch <-chan struct{}) {
 	}
 }
 
+// retryDelay is how long a push whose cache update failed waits before it is tried again.
+func retryDelay(cfg *Config) time.Duration { return max(cfg.Coalesce, 100*time.Millisecond) }
+
 // push brings the caches up to date with the current snapshot: only the resources
 // of upstreams whose version changed are rebuilt, and only those that differ are sent.
-func (s *Server) push(since time.Time) {
+// What was pushed is recorded only once every cache update has succeeded: after a failure
+// it reports false, and the next push diffs against what the caches surely hold.
+func (s *Server) push(since time.Time) bool {
 	snap := s.table.Snapshot()
 	cfg := s.cfg.Load()
 	var upd [nKinds]map[string]types.Resource
@@ -290,6 +306,7 @@ func (s *Server) push(since time.Time) {
 	for k := range upd {
 		upd[k] = map[string]types.Resource{}
 	}
+	staged := map[string]*pushedSet{} // nil: removed
 	apply := func(key string, version uint64, build func() *Resources) {
 		old := s.pushed[key]
 		if old != nil && old.version == version && old.cfg == cfg {
@@ -301,7 +318,7 @@ func (s *Server) push(since time.Time) {
 		}
 		next := build()
 		diff(prev, next, &upd, &del)
-		s.pushed[key] = &pushedSet{version: version, cfg: cfg, res: next}
+		staged[key] = &pushedSet{version: version, cfg: cfg, res: next}
 	}
 	for _, name := range snap.Names {
 		if u := snap.Upstreams[name]; u != nil {
@@ -315,7 +332,7 @@ func (s *Server) push(since time.Time) {
 	for key, old := range s.pushed {
 		if _, ok := snap.Upstreams[key]; !ok && (key != inbound || cfg.Inbound.Name == "") {
 			diff(old.res, nil, &upd, &del)
-			delete(s.pushed, key)
+			staged[key] = nil
 		}
 	}
 	// Make before break: clusters, then endpoints, then the listeners and routes that use
@@ -326,6 +343,7 @@ func (s *Server) push(since time.Time) {
 			changed += len(upd[k])
 			if err := c.UpdateResources(upd[k], nil); err != nil {
 				s.log.Error("xds: update cache", "type", kindTypeURL[k], "err", err)
+				return false
 			}
 		}
 	}
@@ -334,16 +352,25 @@ func (s *Server) push(since time.Time) {
 			changed += len(del[k])
 			if err := s.caches[k].UpdateResources(nil, del[k]); err != nil {
 				s.log.Error("xds: update cache", "type", kindTypeURL[k], "err", err)
+				return false
 			}
+		}
+	}
+	for key, ps := range staged {
+		if ps == nil {
+			delete(s.pushed, key)
+		} else {
+			s.pushed[key] = ps
 		}
 	}
 	s.m.upstreams.Set(float64(len(snap.Upstreams)))
 	if changed == 0 {
-		return
+		return true
 	}
 	s.m.pushes.Inc()
 	if !since.IsZero() {
 		s.m.latency.Observe(time.Since(since).Seconds())
 	}
 	s.log.Debug("xds: pushed", "table_version", snap.Version, "resources", changed)
+	return true
 }
