@@ -410,4 +410,3 @@ func asNetErr(err error, ne *net.Error) bool {
 	}
 	return ok
 }
-
