@@ -57,6 +57,8 @@ type Checker struct {
 	dirtyMu  sync.Mutex
 	dirty    []*prober
 	dirtySig chan struct{}
+
+	passiveMu sync.Mutex // one passive verdict at a time, so that the ejection cap holds
 }
 
 // upstream is the checker's view of one upstream: its check, series and probers.
@@ -278,6 +280,43 @@ func (c *Checker) ReportFailure(k discovery.Key, err error) {
 		err = errors.New("passive failure")
 	}
 	p.reportFailure(err)
+}
+
+// ReportPassive counts a connect failure seen by a proxy as a failed probe of k, in the same state
+// machine as the active probes, and probes k at once. When ejecting k would leave more than
+// maxEjectionPercent of its upstream's instances unhealthy, the failure is not counted: only the
+// probe decides. It reports whether this failure made k unhealthy.
+func (c *Checker) ReportPassive(k discovery.Key, err error, maxEjectionPercent float64) bool {
+	c.passiveMu.Lock()
+	defer c.passiveMu.Unlock()
+	c.mu.RLock()
+	var p *prober
+	var all []*prober
+	if u := c.ups[k.Upstream]; u != nil {
+		p = u.probers[k.ID]
+		all = make([]*prober, 0, len(u.probers))
+		for _, q := range u.probers {
+			all = append(all, q)
+		}
+	}
+	c.mu.RUnlock()
+	if p == nil {
+		return false
+	}
+	down, self := 0, false
+	for _, q := range all {
+		q.mu.Lock()
+		if q.m.State() == Unhealthy {
+			down++
+			self = self || q == p
+		}
+		q.mu.Unlock()
+	}
+	count := self || float64(down+1)*100 <= maxEjectionPercent*float64(len(all))
+	if err == nil {
+		err = errors.New("passive failure")
+	}
+	return p.reportPassive(err, count)
 }
 
 // markDirty queues p's status for the sink.

@@ -215,6 +215,31 @@ func (p *prober) reportFailure(err error) {
 	p.c.sched.advance(p, p.c.sched.now()+int64(p.chk.cfg.EdgeInterval))
 }
 
+// reportPassive counts a passive failure as a failed probe when count is set, and probes at once.
+// It reports whether the failure made the instance unhealthy.
+func (p *prober) reportPassive(err error, count bool) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.stopped || p.chk.cfg.Kind == KindNone {
+		return false
+	}
+	ejected := false
+	if count {
+		now := time.Now()
+		p.stats.Record(now, time.Duration(p.stats.latency.Load()), err)
+		p.up.met.fail.Inc()
+		before := p.m.State()
+		p.observe(now, err)
+		ejected = before != Unhealthy && p.m.State() == Unhealthy
+	}
+	if p.inflight {
+		p.wake = true
+	} else {
+		p.c.sched.advance(p, p.c.sched.now())
+	}
+	return ejected
+}
+
 // observe feeds a result to the state machine and queues the status if it changed. Called with mu held.
 func (p *prober) observe(now time.Time, err error) {
 	p.m.Observe(now, err == nil, p.chk.th)

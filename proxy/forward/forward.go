@@ -1,0 +1,215 @@
+// Package forward is vigil's own L4 data path: a TCP listener per upstream that sends each connection to an instance the table serves.
+package forward
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/vigil-sidecar/vigil/discovery"
+	"github.com/vigil-sidecar/vigil/proxy/table"
+)
+
+// Source is where the forwarder reads which instances are served: the table.
+type Source interface {
+	Snapshot() *table.Snapshot
+	Subscribe() (<-chan struct{}, func())
+}
+
+// Reporter receives the connect failures the forwarder sees (health.Checker). It counts one as
+// a failed probe of k unless that would make more than maxEjectionPercent of the upstream's
+// instances unhealthy, and reports whether the failure made k unhealthy.
+type Reporter interface {
+	ReportPassive(k discovery.Key, err error, maxEjectionPercent float64) bool
+}
+
+// Options configure a Forwarder.
+type Options struct {
+	// Upstreams are the forwarded upstreams, by name.
+	Upstreams map[string]Config
+	Source    Source
+	// Reporter, if set, receives connect failures as passive health signals.
+	Reporter   Reporter
+	Registerer prometheus.Registerer
+	Logger     *slog.Logger
+	// Listeners, if set, are used instead of listening on each Config.Listen.
+	Listeners map[string]net.Listener
+}
+
+// Forwarder runs one listener per forwarded upstream.
+type Forwarder struct {
+	src Source
+	rep Reporter
+	log *slog.Logger
+	met *metrics
+	ls  []*listener
+
+	conns sync.WaitGroup // connection handlers
+
+	mu       sync.Mutex
+	backends map[discovery.Key]*backend // instances with open or reserved connections
+}
+
+// backend is one instance as the forwarder sees it.
+type backend struct {
+	key    discovery.Key
+	l      *listener
+	active int // open and connecting; guarded by Forwarder.mu
+	// guarded by Forwarder.mu
+	sessions map[*session]struct{}
+	drain    *time.Timer // running while the instance is out of the served set
+	gone     bool        // drain ended: connections to it are closed at once
+}
+
+// New returns a Forwarder listening on every configured address; Run serves them.
+func New(o Options) (*Forwarder, error) {
+	if o.Source == nil {
+		return nil, errors.New("forward: options: source is required")
+	}
+	log := o.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	f := &Forwarder{src: o.Source, rep: o.Reporter, log: log, met: newMetrics(o.Registerer),
+		backends: map[discovery.Key]*backend{}}
+	for name, cfg := range o.Upstreams {
+		cfg = cfg.WithDefaults()
+		ln := o.Listeners[name]
+		if ln == nil {
+			var err error
+			lc := net.ListenConfig{KeepAlive: cfg.KeepAlive}
+			if ln, err = lc.Listen(context.Background(), "tcp", cfg.Listen); err != nil {
+				f.closeListeners()
+				return nil, fmt.Errorf("forward: upstreams[%s]: listen %s: %w", name, cfg.Listen, err)
+			}
+		}
+		f.ls = append(f.ls, &listener{f: f, name: name, cfg: cfg, ln: ln, sessions: map[*session]struct{}{}})
+	}
+	return f, nil
+}
+
+// Addr returns the address the named upstream's listener is bound to, or nil.
+func (f *Forwarder) Addr(upstream string) net.Addr {
+	for _, l := range f.ls {
+		if l.name == upstream {
+			return l.ln.Addr()
+		}
+	}
+	return nil
+}
+
+func (f *Forwarder) closeListeners() {
+	for _, l := range f.ls {
+		l.ln.Close()
+	}
+}
+
+// Run accepts connections until ctx ends; then the listeners stop accepting, open connections
+// run on for their drain period and are closed, and Run returns once every one has ended.
+func (f *Forwarder) Run(ctx context.Context) error {
+	changed, cancel := f.src.Subscribe()
+	defer cancel()
+	var accepting sync.WaitGroup
+	for _, l := range f.ls {
+		accepting.Go(func() { l.accept() })
+	}
+	f.sync()
+	for done := false; !done; {
+		select {
+		case <-ctx.Done():
+			done = true
+		case <-changed:
+			f.sync()
+		}
+	}
+	f.closeListeners()
+	accepting.Wait()
+	var timers []*time.Timer
+	f.mu.Lock()
+	for _, l := range f.ls {
+		l.closing = true
+		if len(l.sessions) > 0 {
+			timers = append(timers, time.AfterFunc(l.cfg.Drain, l.drained))
+		}
+	}
+	f.mu.Unlock()
+	f.conns.Wait()
+	for _, t := range timers {
+		t.Stop()
+	}
+	f.mu.Lock()
+	for _, b := range f.backends {
+		if b.drain != nil {
+			b.drain.Stop()
+		}
+	}
+	f.mu.Unlock()
+	return nil
+}
+
+// sync starts draining the backends that left the served set and stops draining those that returned.
+func (f *Forwarder) sync() {
+	snap := f.src.Snapshot()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, b := range f.backends {
+		served := false
+		if u := snap.Lookup(b.key.Upstream); u != nil {
+			for _, in := range u.Served {
+				if in.ID == b.key.ID {
+					served = true
+					break
+				}
+			}
+		}
+		switch {
+		case served && b.drain != nil:
+			if b.drain.Stop() {
+				b.drain = nil
+			}
+		case !served && b.drain == nil && !b.gone:
+			f.log.Info("forward: instance left the served set, draining its connections",
+				"upstream", b.key.Upstream, "instance", b.key.ID, "connections", len(b.sessions), "drain", b.l.cfg.Drain)
+			b.drain = time.AfterFunc(b.l.cfg.Drain, func() { f.drained(b) })
+		}
+	}
+}
+
+// drained closes the connections to b at the end of its drain.
+func (f *Forwarder) drained(b *backend) {
+	f.mu.Lock()
+	if b.drain == nil { // returned to the served set meanwhile
+		f.mu.Unlock()
+		return
+	}
+	b.gone = true
+	ss := make([]*session, 0, len(b.sessions))
+	for s := range b.sessions {
+		ss = append(ss, s)
+	}
+	f.mu.Unlock()
+	for _, s := range ss {
+		if s.close() {
+			f.met.drained.WithLabelValues(b.key.Upstream).Inc()
+		}
+	}
+}
+
+// release gives back a connection reserved on b; a backend with no connection is forgotten.
+func (f *Forwarder) release(b *backend) {
+	f.mu.Lock()
+	b.active--
+	if b.active == 0 && len(b.sessions) == 0 {
+		if b.drain != nil {
+			b.drain.Stop()
+		}
+		delete(f.backends, b.key)
+	}
+	f.mu.Unlock()
+}
