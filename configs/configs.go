@@ -43,7 +43,7 @@ type Config struct {
 	// Consul configures discovery from Consul and registration in it (default: disabled).
 	Consul consul.Config `yaml:"consul"`
 	// Service is the local service that vigil registers in Consul (default: none).
-	Service consul.Service `yaml:"service"`
+	Service Service `yaml:"service"`
 	// Defaults apply to every upstream that does not set its own values.
 	Defaults Defaults `yaml:"defaults"`
 	// DNS configures the DNS frontend.
@@ -116,7 +116,7 @@ func Builtin() Config {
 		Admin:     admin.Config{Listen: "127.0.0.1:9480"},
 		Discovery: Discovery{MaxStateAge: 24 * time.Hour},
 		Consul:    consul.DefaultConfig(),
-		Service:   consul.DefaultService(),
+		Service:   DefaultService(),
 		Defaults:  Defaults{Check: health.DefaultCheck(), Policy: table.DefaultPolicy(), DNS: dns.DefaultUpstream()},
 		XDS:       xds.DefaultConfig(),
 		DNS:       dns.DefaultConfig(),

@@ -58,12 +58,12 @@ func newApp(cfg *configs.Config, log *slog.Logger) (*app, error) {
 	a.static = static.New(cfg.StaticUpstreams())
 	a.manager.Register("static", a.static)
 	var err error
-	if a.consul, err = newConsul(cfg, a.manager, a.reg, log); err != nil {
+	if a.consul, err = newConsul(cfg, a.manager, a.table, a.reg, log); err != nil {
 		return nil, err
 	}
 	a.checker, err = health.NewChecker(health.Options{
 		Default:    cfg.Defaults.Check,
-		Checks:     cfg.Checks(),
+		Checks:     checks(cfg),
 		Sink:       a.table,
 		Members:    a.manager.SyncCh(),
 		Registerer: a.reg,
@@ -102,7 +102,7 @@ func (a *app) Run(ctx context.Context) error {
 	if a.dns != nil {
 		g.Go(func() error { return a.dns.Run(ctx) })
 	}
-	a.consul.start(ctx, g, a.table)
+	a.consul.start(ctx, g)
 	g.Go(func() error { a.watchReload(ctx); return nil })
 	return g.Wait()
 }
@@ -128,7 +128,7 @@ func (a *app) watchReload(ctx context.Context) {
 func (a *app) apply(cfg *configs.Config) {
 	cfg.Node.Name = a.cfg.Node.Name
 	a.table.SetConfig(cfg.TableConfig())
-	a.checker.SetChecks(cfg.Defaults.Check, cfg.Checks())
+	a.checker.SetChecks(cfg.Defaults.Check, checks(cfg))
 	if a.dns != nil {
 		d := cfg.DNSConfig()
 		a.dns.SetTTLs(d.TTL, d.TTLs)

@@ -12,21 +12,23 @@ import (
 	"github.com/vigil-sidecar/vigil/configs"
 	"github.com/vigil-sidecar/vigil/discovery"
 	"github.com/vigil-sidecar/vigil/discovery/consul"
-	"github.com/vigil-sidecar/vigil/proxy/health"
 	"github.com/vigil-sidecar/vigil/proxy/table"
 )
 
 // consulParts are the Consul discovery and the local service's registration; nil when Consul is off.
 type consulParts struct {
-	disc *consul.Discovery
-	reg  *consul.Registration // nil without service.name
-	log  *slog.Logger
+	disc  *consul.Discovery
+	table *table.Table
+	reg   *consul.Registration // nil without service.name
+	log   *slog.Logger
 	// drainFor is service.drain at start (the registration is not reloaded).
 	drainFor time.Duration
 }
 
 // newConsul builds the Consul parts and registers the discovery in m under "consul".
-func newConsul(cfg *configs.Config, m *discovery.Manager, reg prometheus.Registerer, log *slog.Logger) (*consulParts, error) {
+// With service.name, the local service is one more source of m, probed by the one checker; the
+// registration follows its status in t.
+func newConsul(cfg *configs.Config, m *discovery.Manager, t *table.Table, reg prometheus.Registerer, log *slog.Logger) (*consulParts, error) {
 	if !cfg.Consul.Enabled {
 		return nil, nil
 	}
@@ -38,7 +40,7 @@ func newConsul(cfg *configs.Config, m *discovery.Manager, reg prometheus.Registe
 	if err != nil {
 		return nil, err
 	}
-	c := &consulParts{log: log, drainFor: cfg.Service.Drain}
+	c := &consulParts{table: t, log: log, drainFor: cfg.Service.Drain}
 	c.disc, err = consul.NewDiscovery(consul.Options{
 		Config: cfg.Consul, Upstreams: cfg.ConsulUpstreams(), Client: client, Metrics: metrics, Logger: log,
 	})
@@ -47,12 +49,10 @@ func newConsul(cfg *configs.Config, m *discovery.Manager, reg prometheus.Registe
 	}
 	m.Register("consul", c.disc)
 	if cfg.Service.Name != "" {
+		m.Register("local", newLocalSource(&cfg.Service))
 		c.reg, err = consul.NewRegistration(consul.RegistrationOptions{
-			Service: cfg.Service, Client: client, Metrics: metrics, Logger: log,
-			NewChecker: func(check health.CheckConfig, members <-chan discovery.Membership, sink health.Sink) (consul.Checker, error) {
-				// No Registerer: the upstreams' checker owns the health metrics.
-				return health.NewChecker(health.Options{Default: check, Members: members, Sink: sink, Logger: log})
-			},
+			Service: cfg.Service.Service, Client: client, Metrics: metrics, Logger: log,
+			Status: &localStatus{t: t, upstream: localUpstream(cfg.Service.Name), id: cfg.Service.InstanceID()},
 		})
 		if err != nil {
 			return nil, fmt.Errorf("consul: %w", err)
@@ -62,11 +62,11 @@ func newConsul(cfg *configs.Config, m *discovery.Manager, reg prometheus.Registe
 }
 
 // start runs the parts that the Manager does not run.
-func (c *consulParts) start(ctx context.Context, g *errgroup.Group, t *table.Table) {
+func (c *consulParts) start(ctx context.Context, g *errgroup.Group) {
 	if c == nil {
 		return
 	}
-	g.Go(func() error { return c.disc.TrackTable(ctx, t) })
+	g.Go(func() error { return c.disc.TrackTable(ctx, trackedTable{c.table}) })
 	if c.reg != nil {
 		g.Go(func() error { return c.reg.Run(ctx) })
 	}

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/vigil-sidecar/vigil/internal/field"
-	"github.com/vigil-sidecar/vigil/proxy/health"
 )
 
 // Secret is a string that never prints its value: not with fmt, not as JSON, not in logs.
@@ -207,7 +206,8 @@ func (u *Upstream) Validate() error {
 	return errs.Err()
 }
 
-// Service is the local service that vigil registers in Consul (the `service:` section).
+// Service is the local service that vigil registers in Consul (the `service:` section but
+// its check, which cmd/vigil hands to the health checker).
 type Service struct {
 	// Name of the service in Consul (default "": nothing is registered).
 	Name string `yaml:"name" json:"name"`
@@ -220,8 +220,6 @@ type Service struct {
 	// Tags and Meta are registered with the service.
 	Tags []string          `yaml:"tags" json:"tags,omitempty"`
 	Meta map[string]string `yaml:"meta" json:"meta,omitempty"`
-	// Check is how vigil probes its own service (default: a tcp connect, with the built-in check defaults).
-	Check health.CheckConfig `yaml:"check" json:"check"`
 	// TTL of the Consul check that vigil keeps updated (default 30s).
 	TTL time.Duration `yaml:"ttl" json:"ttl"`
 	// Heartbeat is how often the TTL is refreshed even without a change (default: a third of ttl).
@@ -236,7 +234,7 @@ type Service struct {
 
 // DefaultService returns the built-in defaults (nothing registered).
 func DefaultService() Service {
-	return Service{Check: health.DefaultCheck(), TTL: 30 * time.Second, Drain: 10 * time.Second}
+	return Service{TTL: 30 * time.Second, Drain: 10 * time.Second}
 }
 
 // Validate checks s; errors name the field. A service with no name is not registered and not checked.
@@ -263,11 +261,11 @@ func (s *Service) Validate() error {
 	if s.Drain < 0 {
 		errs.Addf("drain", "must be >= 0")
 	}
-	errs.Add("check", s.Check.Validate())
 	return errs.Err()
 }
 
-func (s *Service) id() string {
+// InstanceID returns the ID the service is registered under: ID, or one made of name, address and port.
+func (s *Service) InstanceID() string {
 	if s.ID != "" {
 		return s.ID
 	}

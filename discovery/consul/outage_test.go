@@ -15,7 +15,6 @@ import (
 
 	"github.com/vigil-sidecar/vigil/discovery/consul"
 	"github.com/vigil-sidecar/vigil/internal/testutil"
-	"github.com/vigil-sidecar/vigil/proxy/health"
 )
 
 // TestAgentRestart: the agent is killed and restarted (a dev agent: it loses its state). While it
@@ -33,13 +32,13 @@ func TestAgentRestart(t *testing.T) {
 	p.waitServed(t, wait, "api", ids...)
 
 	m := consul.NewMetrics(prometheus.NewRegistry())
-	fc, newChecker := newFakeChecker()
+	fc := &fakeStatus{}
 	r := must[*consul.Registration](t)(consul.NewRegistration(consul.RegistrationOptions{
 		Service: testService(), Client: must[*consulClient](t)(consul.NewClient(a.vigilConfig(), m)),
-		NewChecker: newChecker, Metrics: m,
+		Status: fc, Metrics: m,
 	}))
 	run(t, func(ctx context.Context) { r.Run(ctx) })
-	fc.states <- health.Healthy
+	fc.set(true)
 	c := a.client()
 	testutil.Eventually(t, wait, 20*time.Millisecond, func() bool {
 		return checkStatus(t, c, "web", r.CheckID()) == api.HealthPassing

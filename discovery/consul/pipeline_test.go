@@ -38,7 +38,7 @@ func newPipeline(t testing.TB, cfg consul.Config, ups map[string]consul.Upstream
 	p.stop = run(t, func(ctx context.Context) {
 		done := make(chan struct{})
 		go func() { defer close(done); mgr.Run(ctx) }()
-		go p.d.TrackTable(ctx, p.tbl)
+		go p.d.TrackTable(ctx, trackedTable{p.tbl})
 		for {
 			select {
 			case <-ctx.Done():
@@ -146,4 +146,24 @@ func matches(m *dto.Metric, labels map[string]string) bool {
 		}
 	}
 	return true
+}
+
+// trackedTable adapts the table to consul.Table, as cmd/vigil does.
+type trackedTable struct{ t *table.Table }
+
+func (t trackedTable) View() consul.TableView               { return snapshotView{t.t.Snapshot()} }
+func (t trackedTable) Subscribe() (<-chan struct{}, func()) { return t.t.Subscribe() }
+
+type snapshotView struct{ s *table.Snapshot }
+
+func (v snapshotView) Instances(upstream string) ([]discovery.Instance, bool) {
+	u := v.s.Lookup(upstream)
+	if u == nil {
+		return nil, false
+	}
+	ins := make([]discovery.Instance, len(u.Instances))
+	for i := range u.Instances {
+		ins[i] = u.Instances[i].Instance
+	}
+	return ins, true
 }

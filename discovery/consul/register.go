@@ -10,14 +10,25 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
-
-	"github.com/vigil-sidecar/vigil/discovery"
-	"github.com/vigil-sidecar/vigil/proxy/health"
 )
 
-// Checker probes; *health.Checker is one.
-type Checker interface {
-	Run(ctx context.Context) error
+// Status is what vigil's probe says of the local service.
+type Status struct {
+	// Probed is false until the probe's first verdict.
+	Probed bool
+	// Passing is the verdict; Reason says why not.
+	Passing bool
+	Reason  string
+}
+
+// StatusSource is where the Registration reads the local service's status: cmd/vigil adapts the
+// table (the one health checker probes the local service like any instance) to it.
+type StatusSource interface {
+	// LocalStatus returns the local service's current status.
+	LocalStatus() Status
+	// Subscribe returns a channel that receives a value after each change (and maybe more
+	// often), and a function that cancels.
+	Subscribe() (<-chan struct{}, func())
 }
 
 // RegistrationOptions configures a Registration.
@@ -26,11 +37,8 @@ type RegistrationOptions struct {
 	Service Service
 	// Client talks to the local agent (NewClient); required.
 	Client *api.Client
-	// NewChecker builds the prober of the local service: check is Service.Check, members a
-	// one-instance membership, sink the Registration. cmd/vigil passes a function that returns
-	// health.NewChecker(health.Options{Default: check, Members: members, Sink: sink, Logger: ...}).
-	// Nil: no probe, the service is passing for as long as vigil runs.
-	NewChecker func(check health.CheckConfig, members <-chan discovery.Membership, sink health.Sink) (Checker, error)
+	// Status tells the local service's probed status; nil: passing for as long as vigil runs.
+	Status StatusSource
 	// Metrics are shared with the Discovery (NewMetrics); nil: not exported.
 	Metrics *Metrics
 	// Logger receives log lines; nil discards them.
@@ -38,21 +46,16 @@ type RegistrationOptions struct {
 }
 
 // Registration keeps the local service registered with the local Consul agent, with a TTL check
-// that says what vigil's own probe of the service says. It is the health.Sink of that probe.
+// that says what vigil's own probe of the service says. It only reads that verdict (Status).
 type Registration struct {
 	o       RegistrationOptions
 	svc     Service
 	id      string
 	checkID string
-	key     discovery.Key
 	log     *slog.Logger
 	m       *Metrics
-	changed chan struct{}
 
-	mu     sync.Mutex
-	status health.Status // the probe's latest verdict
-	probed bool          // false until the first verdict (or always with no checker)
-
+	mu          sync.Mutex
 	draining    bool               // set once by Drain; Run no longer writes after it
 	cancelWrite context.CancelFunc // ends the write in flight, so that Drain need not wait for it
 
@@ -72,18 +75,14 @@ func NewRegistration(o RegistrationOptions) (*Registration, error) {
 	if err := o.Service.Validate(); err != nil {
 		return nil, fmt.Errorf("consul: service: %w", err)
 	}
-	r := &Registration{o: o, svc: o.Service, log: o.Logger, m: o.Metrics, changed: make(chan struct{}, 1), write: make(chan struct{}, 1)}
-	r.id = r.svc.id()
+	r := &Registration{o: o, svc: o.Service, log: o.Logger, m: o.Metrics, write: make(chan struct{}, 1)}
+	r.id = r.svc.InstanceID()
 	r.checkID = "vigil:" + r.id
-	r.key = discovery.Key{Upstream: r.svc.Name, ID: r.id}
 	if r.log == nil {
 		r.log = slog.New(slog.DiscardHandler)
 	}
 	if r.m == nil {
 		r.m = NewMetrics(nil)
-	}
-	if o.NewChecker == nil {
-		r.status, r.probed = health.Status{State: health.Healthy, Since: time.Now()}, true
 	}
 	return r, nil
 }
@@ -92,103 +91,75 @@ func NewRegistration(o RegistrationOptions) (*Registration, error) {
 func (r *Registration) ID() string      { return r.id }
 func (r *Registration) CheckID() string { return r.checkID }
 
-// SetMembership implements health.Sink.
-func (r *Registration) SetMembership(_ discovery.Membership, statuses map[discovery.Key]health.Status) {
-	if s, ok := statuses[r.key]; ok {
-		r.SetStatus(r.key, s)
-	}
-}
-
-// SetStatus implements health.Sink.
-func (r *Registration) SetStatus(k discovery.Key, s health.Status) {
-	if k != r.key {
-		return
-	}
-	r.mu.Lock()
-	prev, probed := r.status, r.probed
-	r.status, r.probed = s, s.State != health.Unknown
-	r.mu.Unlock()
-	if probed && prev.State == s.State && prev.Reason == s.Reason {
-		return
-	}
-	select {
-	case r.changed <- struct{}{}:
-	default:
-	}
-}
-
-var _ health.Sink = (*Registration)(nil)
-
-// Run registers the service, probes it, and updates its TTL check on each change of the probe's
-// verdict and every heartbeat, registering again when the agent has lost it. It returns when ctx
+// Run registers the service and updates its TTL check on each change of the status that
+// o.Status tells and every heartbeat, registering again when the agent has lost it. It returns when ctx
 // ends, leaving the registration in place (Drain removes it).
 func (r *Registration) Run(ctx context.Context) error {
-	ctx, cancel := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	defer func() { cancel(); wg.Wait() }()
-	if r.o.NewChecker != nil {
-		addr := r.svc.Address
-		if addr == "" {
-			addr = "127.0.0.1"
-		}
-		members := make(chan discovery.Membership, 1)
-		members <- discovery.Membership{Ready: true, Upstreams: map[string]*discovery.Upstream{
-			r.svc.Name: {Name: r.svc.Name, Instances: []discovery.Instance{{ID: r.id, Address: addr, Port: r.svc.Port, Weight: 1}}},
-		}}
-		c, err := r.o.NewChecker(r.svc.Check, members, r)
-		if err != nil {
-			return fmt.Errorf("consul: registration: checker: %w", err)
-		}
-		wg.Go(func() {
-			if err := c.Run(ctx); err != nil && ctx.Err() == nil {
-				r.log.Error("consul: local service checker stopped", "err", err)
-			}
-		})
+	var changed <-chan struct{}
+	if r.o.Status != nil {
+		ch, cancel := r.o.Status.Subscribe()
+		defer cancel()
+		changed = ch
 	}
-
+	var last Status // what was last written; a change event with the same status writes nothing
 	heartbeat := time.NewTicker(r.svc.heartbeat())
 	defer heartbeat.Stop()
 	failures := 0
 	var retry <-chan time.Time
+	force := true // write even if the status is unchanged: first write, heartbeat, retry
 	for {
-		if err := r.update(ctx); err != nil {
-			if ctx.Err() != nil {
-				return nil
+		if cur := r.status(); force || cur != last {
+			if err := r.update(ctx); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				failures++
+				if failures == 1 {
+					r.log.Warn("consul: cannot update the local service's check; retrying", "service", r.id, "err", err)
+				}
+				retry = time.After(backoff(time.Second, r.svc.heartbeat(), failures))
+			} else {
+				if failures > 0 {
+					r.log.Info("consul: local service check updated again", "service", r.id, "failures", failures)
+				}
+				failures, retry, last = 0, nil, cur
 			}
-			failures++
-			if failures == 1 {
-				r.log.Warn("consul: cannot update the local service's check; retrying", "service", r.id, "err", err)
-			}
-			retry = time.After(backoff(time.Second, r.svc.heartbeat(), failures))
-		} else {
-			if failures > 0 {
-				r.log.Info("consul: local service check updated again", "service", r.id, "failures", failures)
-			}
-			failures, retry = 0, nil
 		}
+		force = false
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-r.changed:
+		case <-changed:
 		case <-heartbeat.C:
+			force = true
 		case <-retry:
+			force = true
 		}
 	}
 }
 
-// status returns what the TTL check should say now.
+// status returns the local service's status as the source tells it.
+func (r *Registration) status() Status {
+	if r.o.Status == nil {
+		return Status{Probed: true, Passing: true}
+	}
+	return r.o.Status.LocalStatus()
+}
+
+// current returns what the TTL check should say now.
 func (r *Registration) current() (status, output string) {
+	s := r.status()
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	switch {
 	case r.draining:
 		return api.HealthCritical, "vigil: draining"
-	case !r.probed:
+	case !s.Probed:
 		return api.HealthCritical, "vigil: not probed yet"
-	case r.status.State == health.Healthy:
+	case s.Passing:
 		return api.HealthPassing, "vigil: healthy"
 	default:
-		return api.HealthCritical, "vigil: unhealthy: " + r.status.Reason
+		return api.HealthCritical, "vigil: unhealthy: " + s.Reason
 	}
 }
 

@@ -2,54 +2,55 @@ package consul_test
 
 import (
 	"context"
-	"net"
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/consul/api"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/vigil-sidecar/vigil/discovery"
 	"github.com/vigil-sidecar/vigil/discovery/consul"
 	"github.com/vigil-sidecar/vigil/internal/testutil"
-	"github.com/vigil-sidecar/vigil/proxy/health"
 )
 
-// fakeChecker stands in for health.Checker (unit-level): it reports the states it is given.
-type fakeChecker struct {
-	members <-chan discovery.Membership
-	sink    health.Sink
-	states  chan health.State
+// fakeStatus stands in for cmd/vigil's view of the table: it tells the states it is given.
+type fakeStatus struct {
+	mu   sync.Mutex
+	s    consul.Status
+	subs []chan struct{}
 }
 
-func (f *fakeChecker) Run(ctx context.Context) error {
-	var key discovery.Key
-	select {
-	case m := <-f.members:
-		for _, u := range m.Upstreams {
-			key = discovery.Key{Upstream: u.Name, ID: u.Instances[0].ID}
-		}
-	case <-ctx.Done():
-		return nil
+func (f *fakeStatus) LocalStatus() consul.Status {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.s
+}
+
+func (f *fakeStatus) Subscribe() (<-chan struct{}, func()) {
+	ch := make(chan struct{}, 1)
+	f.mu.Lock()
+	f.subs = append(f.subs, ch)
+	f.mu.Unlock()
+	return ch, func() {}
+}
+
+// set changes the status: passing, or critical with reason "test says unhealthy".
+func (f *fakeStatus) set(passing bool) {
+	f.mu.Lock()
+	f.s = consul.Status{Probed: true, Passing: passing}
+	if !passing {
+		f.s.Reason = "test says unhealthy"
 	}
-	for {
+	subs := f.subs
+	f.mu.Unlock()
+	for _, ch := range subs {
 		select {
-		case s := <-f.states:
-			f.sink.SetStatus(key, health.Status{State: s, Reason: "test says " + s.String(), Since: time.Now()})
-		case <-ctx.Done():
-			return nil
+		case ch <- struct{}{}:
+		default:
 		}
-	}
-}
-
-func newFakeChecker() (*fakeChecker, func(health.CheckConfig, <-chan discovery.Membership, health.Sink) (consul.Checker, error)) {
-	f := &fakeChecker{states: make(chan health.State)}
-	return f, func(_ health.CheckConfig, m <-chan discovery.Membership, s health.Sink) (consul.Checker, error) {
-		f.members, f.sink = m, s
-		return f, nil
 	}
 }
 
@@ -98,10 +99,10 @@ func TestRegistration(t *testing.T) {
 	c := a.client()
 	reg := prometheus.NewRegistry()
 	m := consul.NewMetrics(reg)
-	fc, newChecker := newFakeChecker()
+	fc := &fakeStatus{}
 	r := must[*consul.Registration](t)(consul.NewRegistration(consul.RegistrationOptions{
 		Service: testService(), Client: must[*consulClient](t)(consul.NewClient(a.vigilConfig(), m)),
-		NewChecker: newChecker, Metrics: m,
+		Status: fc, Metrics: m,
 	}))
 	runDone := make(chan error, 1)
 	stopRun := run(t, func(ctx context.Context) { runDone <- r.Run(ctx) })
@@ -131,14 +132,14 @@ func TestRegistration(t *testing.T) {
 	}
 	waitDNS("")
 
-	fc.states <- health.Healthy
+	fc.set(true)
 	waitStatus(api.HealthPassing)
 	waitDNS("127.0.0.1")
 	if v := gather(t, reg, "vigil_consul_registration_status", map[string]string{"status": "passing"}); v != 1 {
 		t.Errorf("registration_status{passing} = %v", v)
 	}
 
-	fc.states <- health.Unhealthy
+	fc.set(false)
 	waitStatus(api.HealthCritical)
 	waitDNS("")
 	checks, _, _ := c.Health().Checks("web", nil)
@@ -147,7 +148,7 @@ func TestRegistration(t *testing.T) {
 			t.Errorf("check output %q, want the probe's reason", ch.Output)
 		}
 	}
-	fc.states <- health.Healthy
+	fc.set(true)
 	waitStatus(api.HealthPassing)
 
 	t.Run("agent lost it", func(t *testing.T) {
@@ -170,7 +171,7 @@ func TestRegistration(t *testing.T) {
 		if _, _, err := c.Agent().Service(r.ID(), nil); err != nil {
 			t.Errorf("deregistered before the drain period: %v", err)
 		}
-		fc.states <- health.Healthy // a probe passing during the drain must not make it passing again
+		fc.set(true) // a probe passing during the drain must not make it passing again
 		select {
 		case err := <-drained:
 			if err != nil {
@@ -193,42 +194,4 @@ func TestRegistration(t *testing.T) {
 			t.Error("registered again after the drain")
 		}
 	})
-}
-
-// TestRegistrationFollowsRealProbe: the local service is probed by the real health.Checker (TCP);
-// the TTL check in Consul follows the service going down and coming back.
-func TestRegistrationFollowsRealProbe(t *testing.T) {
-	a := newAgent(t, agentOpts{})
-	a.start(true)
-	c := a.client()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	svc := testService()
-	svc.Port = port
-	svc.Check.Kind, svc.Check.Interval, svc.Check.UnhealthyInterval = health.KindTCP, 100*time.Millisecond, 100*time.Millisecond
-	svc.Check.EdgeInterval, svc.Check.Timeout, svc.Check.HealthyThreshold, svc.Check.UnhealthyThreshold = 20*time.Millisecond, 50*time.Millisecond, 1, 1
-	r := must[*consul.Registration](t)(consul.NewRegistration(consul.RegistrationOptions{
-		Service: svc, Client: must[*consulClient](t)(consul.NewClient(a.vigilConfig(), nil)),
-		NewChecker: func(check health.CheckConfig, members <-chan discovery.Membership, sink health.Sink) (consul.Checker, error) {
-			return health.NewChecker(health.Options{Default: check, Members: members, Sink: sink})
-		},
-	}))
-	run(t, func(ctx context.Context) { r.Run(ctx) })
-	waitStatus := func(want string) {
-		t.Helper()
-		testutil.Eventually(t, wait, 20*time.Millisecond, func() bool { return checkStatus(t, c, "web", r.CheckID()) == want },
-			"check status "+want)
-	}
-	waitStatus(api.HealthPassing)
-	l.Close()
-	waitStatus(api.HealthCritical)
-	l, err = net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	waitStatus(api.HealthPassing)
 }

@@ -6,13 +6,22 @@ import (
 	"time"
 
 	"github.com/vigil-sidecar/vigil/discovery"
-	"github.com/vigil-sidecar/vigil/proxy/table"
 )
 
-// Table is what TrackTable reads: *table.Table.
+// Table is what TrackTable reads: the table that the changes reach; cmd/vigil adapts vigil's
+// table to it.
 type Table interface {
-	Snapshot() *table.Snapshot
+	// View returns the current version of the table.
+	View() TableView
+	// Subscribe returns a channel that receives a value after each new version, and a
+	// function that cancels.
 	Subscribe() (<-chan struct{}, func())
+}
+
+// TableView is one immutable version of the table.
+type TableView interface {
+	// Instances returns the instances of upstream; ok is false when the table has no such upstream.
+	Instances(upstream string) (instances []discovery.Instance, ok bool)
 }
 
 // tracker remembers changes handed to the Manager until a table snapshot shows them.
@@ -47,7 +56,7 @@ func (t *tracker) sent(g discovery.Group, seen time.Time) {
 }
 
 // check observes, for every pending change that s shows, the time from Consul's answer to now.
-func (t *tracker) check(s *table.Snapshot, now time.Time) {
+func (t *tracker) check(s TableView, now time.Time) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for src, p := range t.pend {
@@ -63,9 +72,9 @@ func (t *tracker) check(s *table.Snapshot, now time.Time) {
 }
 
 // shows reports whether the snapshot holds exactly g's instances for g's datacenter and failover level.
-func shows(s *table.Snapshot, g discovery.Group) bool {
-	u := s.Lookup(g.Upstream)
-	if u == nil {
+func shows(s TableView, g discovery.Group) bool {
+	ins, ok := s.Instances(g.Upstream)
+	if !ok {
 		return len(g.Instances) == 0
 	}
 	want := make(map[string]discovery.Health, len(g.Instances))
@@ -77,8 +86,8 @@ func shows(s *table.Snapshot, g discovery.Group) bool {
 		dc, level = g.Instances[0].Datacenter, g.Instances[0].Failover
 	}
 	n := 0
-	for i := range u.Instances {
-		in := &u.Instances[i].Instance
+	for i := range ins {
+		in := &ins[i]
 		h, ok := want[in.ID]
 		switch {
 		case ok && h == in.Health:
@@ -104,6 +113,6 @@ func (d *Discovery) TrackTable(ctx context.Context, t Table) error {
 		case <-ch:
 		case <-d.tracker.kick:
 		}
-		d.tracker.check(t.Snapshot(), time.Now())
+		d.tracker.check(t.View(), time.Now())
 	}
 }
