@@ -113,8 +113,10 @@ func TestKillNoClientFails(t *testing.T) {
 	if n := metric(t, x.reg, "vigil_forward_connect_failures_total", map[string]string{"reason": "refused"}); n < 1 {
 		t.Errorf("%g refused connects counted", n)
 	}
-	if n := metric(t, x.reg, "vigil_forward_passive_ejections_total", nil); n != 1 {
-		t.Errorf("%g passive ejections, want 1", n)
+	// The passive signal and the immediate probe race to mark the instance: at most one ejection
+	// is passive (0 when the probe it triggered got there first).
+	if n := metric(t, x.reg, "vigil_forward_passive_ejections_total", nil); n > 1 {
+		t.Errorf("%g passive ejections, want at most 1", n)
 	}
 
 	a.restart()
