@@ -70,8 +70,8 @@ func TestCompose(t *testing.T) {
 		if host, _, _ := strings.Cut(cfg.Consul.Address, ":"); !slices.Contains(servers, host) {
 			t.Errorf("%s: consul.address %s is none of the servers %q", inst, cfg.Consul.Address, servers)
 		}
-		if grace := *v.StopGracePeriod; grace <= types.Duration(drainOf(cfg)) {
-			t.Errorf("%s-vigil: stop_grace_period %v, want more than service.drain %v", inst, grace, drainOf(cfg))
+		if grace := *v.StopGracePeriod; grace <= types.Duration(drainOf(t, cfg)) {
+			t.Errorf("%s-vigil: stop_grace_period %v, want more than service.drain %v", inst, grace, drainOf(t, cfg))
 		}
 		if len(e.Volumes) != 1 || e.Volumes[0].Source != mustAbs(t, bootstrap) {
 			t.Errorf("%s-envoy: volumes %+v, want configs/envoy-bootstrap.yaml", inst, e.Volumes)

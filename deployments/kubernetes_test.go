@@ -12,15 +12,13 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
-
-	"github.com/vigil-sidecar/vigil/internal/testutil"
 )
 
 // kubeconform validates files against the strict schemas `make tools` writes next to it
 // (.tools/k8s-schemas, from Kubernetes' OpenAPI documents, see kubeschema) and returns its report.
 func kubeconform(t *testing.T, files ...string) kubeReport {
 	t.Helper()
-	bin := testutil.Need(t, "kubeconform")
+	bin := need(t, "kubeconform")
 	schemas := filepath.Join(filepath.Dir(bin), "k8s-schemas")
 	if _, err := os.Stat(filepath.Join(schemas, "deployment-apps-v1.json")); err != nil {
 		t.Fatalf("no Kubernetes schemas next to %s (`make tools` writes them): %v", bin, err)
@@ -186,7 +184,7 @@ func TestKubernetesPod(t *testing.T) {
 	if !slices.Equal(v.Args, []string{"run", "-config", "/etc/vigil/vigil.yaml"}) {
 		t.Errorf("vigil args %q", v.Args)
 	}
-	drain := drainOf(cfg)
+	drain := drainOf(t, cfg)
 	grace := time.Duration(pod.TerminationGracePeriodSeconds) * time.Second
 	if grace <= drain+5*time.Second {
 		t.Errorf("terminationGracePeriodSeconds %v: want more than service.drain %v plus 5s", grace, drain)

@@ -203,8 +203,8 @@ func TestNomadJob(t *testing.T) {
 		t.Errorf("consul.address %s, want the node's agent", cfg.Consul.Address)
 	}
 	kill, err := time.ParseDuration(v.KillTimeout)
-	if err != nil || kill <= drainOf(cfg) {
-		t.Errorf("vigil kill_timeout %q: want more than service.drain %v", v.KillTimeout, drainOf(cfg))
+	if err != nil || kill <= drainOf(t, cfg) {
+		t.Errorf("vigil kill_timeout %q: want more than service.drain %v", v.KillTimeout, drainOf(t, cfg))
 	}
 	e := tasks["envoy"]
 	if len(e.Templates) != 1 || e.Templates[0].Data != read(t, filepath.Join(repoRoot, "configs/envoy-bootstrap.yaml")) ||

@@ -33,8 +33,8 @@ func TestSystemdUnit(t *testing.T) {
 		}
 	}
 	// TimeoutStopSec=30 must outlast the drain of the config it ships with.
-	if cfg := parseVigil(t, "vigil-consul.yaml", read(t, "vigil-consul.yaml"), nil); drainOf(cfg) >= 30*time.Second {
-		t.Errorf("vigil-consul.yaml drains %v: more than the unit's TimeoutStopSec=30", drainOf(cfg))
+	if cfg := parseVigil(t, "vigil-consul.yaml", read(t, "vigil-consul.yaml"), nil); drainOf(t, cfg) >= 30*time.Second {
+		t.Errorf("vigil-consul.yaml drains %v: more than the unit's TimeoutStopSec=30", drainOf(t, cfg))
 	}
 }
 
