@@ -7,6 +7,10 @@ export PATH := $(TOOLS):$(PATH)
 CONSUL_VERSION     := v1.22.7
 CONSUL_API_VERSION := v1.34.1
 COREDNS_VERSION    := v1.15.0
+# deployments/: kubeconform, and the Kubernetes OpenAPI documents its schemas are made from.
+KUBECONFORM_VERSION := v0.7.0
+K8S_OPENAPI_MODULE  := k8s.io/client-go@v0.34.1
+K8S_SCHEMAS_STAMP   := $(TOOLS)/k8s-schemas/.$(subst /,_,$(K8S_OPENAPI_MODULE))
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
@@ -22,6 +26,7 @@ run: build
 test: deps tools
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 30m ./...
+	cd deployments && $(GO) vet ./... && $(GO) test -race -count=1 -timeout 10m ./...
 
 bench: deps tools $(TOOLS)/coredns build
 	$(GO) test -run '^$$' -bench . -benchtime 1x -count 1 -timeout 60m ./...
@@ -29,6 +34,7 @@ bench: deps tools $(TOOLS)/coredns build
 lint:
 	@test -z "$$(gofmt -l .)" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
 	$(GO) vet ./...
+	cd deployments && $(GO) vet ./...
 
 FUZZTIME ?= 30s
 fuzz:
@@ -51,13 +57,16 @@ endif
 ifeq ($(shell command -v chromium),)
 APT_PKGS += chromium
 endif
+ifeq ($(shell command -v systemd-analyze),)
+APT_PKGS += systemd
+endif
 deps:
 ifneq ($(strip $(APT_PKGS)),)
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PKGS)
 endif
 
-tools: $(TOOLS)/consul
+tools: $(TOOLS)/consul $(TOOLS)/kubeconform $(K8S_SCHEMAS_STAMP)
 
 # Consul, built from the Go module proxy at a pinned version (the api pin is needed:
 # v1.22.7's own go.mod asks for an api version that does not compile with it).
@@ -66,6 +75,15 @@ $(TOOLS)/consul:
 	cd $(TOOLS)/src/consul && { test -f go.mod || $(GO) mod init vigil-tools-consul; } && \
 	  GOFLAGS=-mod=mod $(GO) get github.com/hashicorp/consul@$(CONSUL_VERSION) github.com/hashicorp/consul/api@$(CONSUL_API_VERSION) && \
 	  GOFLAGS=-mod=mod $(GO) build -o $@ github.com/hashicorp/consul
+
+$(TOOLS)/kubeconform:
+	GOBIN=$(TOOLS) $(GO) install github.com/yannh/kubeconform/cmd/kubeconform@$(KUBECONFORM_VERSION)
+
+# Strict JSON schemas for kubeconform, written from the OpenAPI documents in a Go module (nothing
+# downloaded but from the Go module proxy; nothing committed). kubeconform looks for them next to itself.
+$(K8S_SCHEMAS_STAMP): deployments/kubeschema/main.go
+	cd deployments && $(GO) run ./kubeschema -module $(K8S_OPENAPI_MODULE) -o $(TOOLS)/k8s-schemas
+	touch '$@'
 
 $(TOOLS)/coredns:
 	GOBIN=$(TOOLS) $(GO) install github.com/coredns/coredns@$(COREDNS_VERSION)

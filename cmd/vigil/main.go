@@ -26,6 +26,7 @@ Usage:
   vigil run      [-config FILE] [-demo]   run (on the embedded default without -config)
   vigil validate [-config FILE]           check a configuration; list every error
   vigil status   [-addr HOST:PORT] [NAME] show upstreams and instances from a running vigil
+  vigil health   [-addr HOST:PORT] [-path /healthz|/readyz]  exit 0 if a running vigil answers 200
   vigil version                           print the version
 `
 
@@ -45,6 +46,8 @@ func cli(args []string, stdout, stderr io.Writer) int {
 		return cmdValidate(args[1:], stdout, stderr)
 	case "status":
 		return cmdStatus(args[1:], stdout, stderr)
+	case "health":
+		return cmdHealth(args[1:], stdout, stderr)
 	case "version", "-version", "--version":
 		fmt.Fprintf(stdout, "vigil %s %s\n", version, runtime.Version())
 		return 0
