@@ -67,7 +67,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		m.queries[i] = make([]prometheus.Counter, len(rcodes)+1)
 		for j := range m.queries[i] {
 			rc := "other"
-			if j < len(rcodes) {
+			switch {
+			case j < len(rcodes) && rcodes[j] == mdns.RcodeBadVers:
+				rc = "BADVERS" // 16 is BADSIG in a TSIG record, but only BADVERS in a header+OPT rcode
+			case j < len(rcodes):
 				rc = mdns.RcodeToString[rcodes[j]]
 			}
 			m.queries[i][j] = queries.WithLabelValues(qt, rc)

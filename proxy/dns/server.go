@@ -206,6 +206,12 @@ func (s *Server) start(srv *mdns.Server, done chan<- stopped) *serverRun {
 	r := &serverRun{stop: srv.ShutdownContext, started: make(chan struct{})}
 	srv.Handler = s
 	srv.MsgAcceptFunc = accept
+	srv.DecorateReader = decorateStrict
+	srv.MsgInvalidFunc = func(m []byte, _ error) {
+		if len(m) >= 12 && m[2]&0x80 == 0 { // answered FORMERR
+			s.observe(time.Now(), 0, mdns.RcodeFormatError, false)
+		}
+	}
 	srv.NotifyStartedFunc = func() { close(r.started) }
 	go func() {
 		err := srv.ActivateAndServe()

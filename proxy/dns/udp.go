@@ -65,7 +65,7 @@ const maxSlow = 1024
 func (s *Server) serveSlow(pc *net.UDPConn, from netip.AddrPort, pkt []byte) {
 	w := &udpWriter{pc: pc, to: from}
 	r := new(mdns.Msg)
-	if err := r.Unpack(pkt); err != nil {
+	if err := checkWireOrUnpack(r, pkt); err != nil {
 		if len(pkt) < 12 || pkt[2]&0x80 != 0 {
 			return // no header, or a response: no reply at all
 		}
@@ -82,6 +82,14 @@ func (s *Server) serveSlow(pc *net.UDPConn, from netip.AddrPort, pkt []byte) {
 		return
 	}
 	s.ServeDNS(w, r)
+}
+
+// checkWireOrUnpack unpacks pkt into r, after checkWire.
+func checkWireOrUnpack(r *mdns.Msg, pkt []byte) error {
+	if err := checkWire(pkt); err != nil {
+		return err
+	}
+	return r.Unpack(pkt)
 }
 
 func (s *Server) observe(start time.Time, qtype uint16, rcode int, tc bool) {
