@@ -51,7 +51,18 @@ func (s *Server) serveUDP(pc *net.UDPConn, slow *sync.WaitGroup) error {
 			}
 			continue
 		}
-		req.ra = len(s.cfg.Recursors) > 0 && s.allowedIP(from.Addr())
+		trusted := s.allowedIP(from.Addr())
+		switch s.limitUDP(from.Addr(), trusted, start) {
+		case rrlSlip:
+			pc.WriteToUDPAddrPort(appendSlip(out[:0], in[:n], &req), from) //nolint:errcheck
+			continue
+		case rrlDrop:
+			continue
+		}
+		req.ra = len(s.cfg.Recursors) > 0 && trusted
+		if !trusted {
+			req.size = min(req.size, s.cfg.UntrustedUDPSize)
+		}
 		b, rcode, tc, _ := s.answer(out[:0], &req, &pq) // the name came from the wire: it packs
 		pc.WriteToUDPAddrPort(b, from)                  //nolint:errcheck // nothing to do about a client gone
 		s.observe(start, req.qtype, rcode, tc)
