@@ -69,7 +69,10 @@ func (r *refServer) answer(q mdns.Question) (refAnswer, bool) {
 	}
 	ref.rcode, ref.aa = mdns.RcodeSuccess, true
 	rel := labels[:len(labels)-mdns.CountLabel(dom)]
-	add := func(rr mdns.RR) { ref.answer = append(ref.answer, rr.String()); ref.msg.Answer = append(ref.msg.Answer, rr) }
+	add := func(rr mdns.RR) {
+		ref.answer = append(ref.answer, rr.String())
+		ref.msg.Answer = append(ref.msg.Answer, rr)
+	}
 	hdr := func(owner string, t uint16) mdns.RR_Header {
 		return mdns.RR_Header{Name: owner, Rrtype: t, Class: mdns.ClassINET, Ttl: r.ttl}
 	}
