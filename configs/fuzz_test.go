@@ -22,7 +22,7 @@ func FuzzParse(f *testing.F) {
 			f.Add(b)
 		}
 	}
-	f.Add([]byte("a: &a [*a, *a]\n"))                                    // a recursive alias
+	f.Add([]byte("a: &a [*a, *a]\n"))                                      // a recursive alias
 	f.Add([]byte("x: &x [1,1,1,1]\ny: &y [*x,*x,*x,*x]\nz: [*y,*y,*y]\n")) // a small alias bomb
 	f.Add([]byte("upstreams:\n  - &u {name: a, instances: [{address: 127.0.0.1, port: 1}]}\n  - <<: *u\n    name: b\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
