@@ -52,6 +52,9 @@ type Config struct {
 	Upstreams []Upstream `yaml:"upstreams"`
 	// XDS configures the xDS control plane for Envoy and proxyless gRPC clients.
 	XDS xds.Config `yaml:"xds"`
+	// AllowEmpty lets a configuration have no upstreams (default false: one without any is
+	// refused, so that an empty or truncated file cannot empty every upstream on a reload).
+	AllowEmpty bool `yaml:"allow_empty"`
 }
 
 // Node describes the machine vigil runs on.
@@ -125,7 +128,10 @@ func Builtin() Config {
 
 // Parse decodes a configuration strictly (an unknown key is an error with its line),
 // applies defaults and inheritance, and validates it. Every problem found is reported.
-func Parse(data []byte) (*Config, error) {
+// It reads no file that the configuration names: Load also checks those.
+func Parse(data []byte) (*Config, error) { return parse(data, false) }
+
+func parse(data []byte, files bool) (*Config, error) {
 	// Pass 1, strict: unknown keys and wrong types, with line numbers.
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
@@ -138,6 +144,14 @@ func Parse(data []byte) (*Config, error) {
 		}
 		decodeErr = yamlError(err)
 	}
+	var next yaml.Node
+	if err := dec.Decode(&next); !errors.Is(err, io.EOF) {
+		// A second document would be silently ignored: refuse it (or report its syntax error).
+		if err == nil {
+			err = fmt.Errorf("line %d: a second YAML document: vigil reads exactly one", next.Line)
+		}
+		decodeErr = errors.Join(decodeErr, yamlError(err))
+	}
 	// Pass 2: onto the built-in defaults. Type errors were reported by pass 1; the fields
 	// that decode still get validated, so that one run lists every problem.
 	cfg := Builtin()
@@ -145,6 +159,7 @@ func Parse(data []byte) (*Config, error) {
 	if err := yaml.Unmarshal(data, &doc); err != nil {
 		return nil, err
 	}
+	dropDuplicateKeys(&doc) // reported by pass 1
 	if doc.Kind != 0 {
 		doc.Decode(&cfg)
 	}
@@ -157,7 +172,11 @@ func Parse(data []byte) (*Config, error) {
 			cfg.Upstreams[i] = u
 		}
 	}
-	if err := errors.Join(decodeErr, cfg.Validate()); err != nil {
+	var filesErr error
+	if files {
+		filesErr = cfg.CheckFiles()
+	}
+	if err := errors.Join(decodeErr, cfg.Validate(), filesErr); err != nil {
 		return nil, err
 	}
 	return &cfg, nil
@@ -227,6 +246,9 @@ func (c *Config) Validate() error {
 	errs.Add("xds", c.XDS.Validate())
 	errs.Add("defaults.dns", c.Defaults.DNS.Validate())
 	errs.Add("dns", c.DNS.Validate())
+	if len(c.Upstreams) == 0 && !c.AllowEmpty && !(c.Consul.Enabled && c.Consul.Catalog.Filter != "") {
+		errs.Addf("upstreams", "none: set allow_empty: true to run without upstreams (an empty or truncated file is refused)")
+	}
 	seen := map[string]int{}
 	ports := map[int]int{}
 	for i, u := range c.Upstreams {

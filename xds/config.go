@@ -32,6 +32,8 @@ type Config struct {
 	ListenerAddress string `yaml:"listener_address"`
 	// Inbound is the local service's inbound listener and cluster (default: none).
 	Inbound Inbound `yaml:"inbound"`
+	// Limits bound the connections and streams clients may open (see Limits for the defaults).
+	Limits Limits `yaml:"limits"`
 	// Upstreams are the per-upstream settings, by upstream name (filled from each upstream's xds block).
 	Upstreams map[string]UpstreamConfig `yaml:"-"`
 }
@@ -107,7 +109,7 @@ const (
 
 // DefaultConfig returns the built-in xDS configuration.
 func DefaultConfig() Config {
-	return Config{Listen: DefaultListen, Coalesce: DefaultCoalesce, MaxDelay: DefaultMaxDelay, ListenerAddress: "127.0.0.1"}
+	return Config{Listen: DefaultListen, Coalesce: DefaultCoalesce, MaxDelay: DefaultMaxDelay, ListenerAddress: "127.0.0.1", Limits: DefaultLimits()}
 }
 
 // Validate checks c; errors name the field.
@@ -130,6 +132,7 @@ func (c *Config) Validate() error {
 	if c.TLS.ClientCAFile != "" && c.TLS.CertFile == "" {
 		errs.Addf("tls.client_ca_file", "needs cert_file and key_file")
 	}
+	errs.Add("limits", c.Limits.Validate())
 	if net.ParseIP(c.ListenerAddress) == nil {
 		errs.Addf("listener_address", "%q is not an IP address", c.ListenerAddress)
 	}

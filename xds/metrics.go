@@ -17,6 +17,7 @@ type metrics struct {
 	latency   prometheus.Histogram   // first table change to push
 	version   prometheus.Gauge       // version epoch
 	upstreams prometheus.Gauge       // upstreams served
+	rejected  *prometheus.CounterVec // connections and streams refused by xds.limits, by what
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -58,11 +59,15 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "vigil_xds_upstreams",
 			Help: "Upstreams served as clusters over xDS.",
 		}),
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vigil_xds_rejected_total",
+			Help: "Connections closed at accept and streams refused because of xds.limits, by what (connection, stream).",
+		}, []string{"what"}),
 	}
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.streams, m.pushes, m.resources, m.bytes, m.responses, m.nacks, m.latency, m.version, m.upstreams} {
+	for _, c := range []prometheus.Collector{m.streams, m.pushes, m.resources, m.bytes, m.responses, m.nacks, m.latency, m.version, m.upstreams, m.rejected} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("xds: register metrics: %w", err)
 		}

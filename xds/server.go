@@ -28,7 +28,6 @@ import (
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/keepalive"
 
 	"github.com/vigil-sidecar/vigil/internal/tlsutil"
 	"github.com/vigil-sidecar/vigil/proxy/table"
@@ -204,11 +203,8 @@ func (s *Server) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("xds: listen %s: %w", cfg.Listen, err)
 	}
-	opts := []grpc.ServerOption{
-		grpc.MaxConcurrentStreams(1 << 20),
-		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 5 * time.Second}),
-	}
+	lis = s.limitListener(lis, cfg.Limits.MaxConnections)
+	opts := s.serverOptions(cfg.Limits)
 	if s.creds != nil {
 		opts = append(opts, grpc.Creds(s.creds))
 	}

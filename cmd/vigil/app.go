@@ -127,6 +127,9 @@ func (a *app) watchReload(ctx context.Context) {
 // apply switches the running parts to cfg (listen addresses and logging need a restart).
 func (a *app) apply(cfg *configs.Config) {
 	cfg.Node.Name = a.cfg.Node.Name
+	if fields := keepRestartOnly(a.cfg, cfg); len(fields) > 0 {
+		a.log.Warn("vigil: reload: changed settings take effect only at the next start; running with the old ones", "settings", fields)
+	}
 	a.table.SetConfig(cfg.TableConfig())
 	a.checker.SetChecks(cfg.Defaults.Check, checks(cfg))
 	if a.dns != nil {

@@ -30,7 +30,7 @@ import (
 
 func TestMain(m *testing.M) {
 	if os.Getenv("VIGIL_TEST_MAIN") == "1" { // the test binary re-executed as vigil itself
-		os.Exit(cli(os.Args[1:], os.Stdout, os.Stderr))
+		main() // exits
 	}
 	goleak.VerifyTestMain(m)
 }

@@ -31,17 +31,29 @@ Usage:
 `
 
 func main() {
-	os.Exit(cli(os.Args[1:], os.Stdout, os.Stderr))
+	// Catch the signals before anything else: one that arrives while the configuration is read
+	// must not kill vigil by its default action (the systemd unit reloads with SIGHUP). cmdRun
+	// handles them; the other commands put the default actions back.
+	sigs := make(chan os.Signal, 8)
+	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, os.Interrupt)
+	os.Exit(cliSignals(os.Args[1:], os.Stdout, os.Stderr, sigs))
 }
 
-func cli(args []string, stdout, stderr io.Writer) int {
+// cli runs a command with no signal handling of its own (tests).
+func cli(args []string, stdout, stderr io.Writer) int { return cliSignals(args, stdout, stderr, nil) }
+
+// cliSignals runs a command; sigs, if not nil, receives SIGHUP, SIGTERM and SIGINT.
+func cliSignals(args []string, stdout, stderr io.Writer, sigs chan os.Signal) int {
+	if sigs != nil && (len(args) == 0 || args[0] != "run") {
+		signal.Stop(sigs)
+	}
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
 		return 2
 	}
 	switch args[0] {
 	case "run":
-		return cmdRun(args[1:], stderr)
+		return cmdRun(args[1:], stderr, sigs)
 	case "validate":
 		return cmdValidate(args[1:], stdout, stderr)
 	case "status":
@@ -60,7 +72,8 @@ func cli(args []string, stdout, stderr io.Writer) int {
 	}
 }
 
-// loadConfig reads and parses path, or the embedded default when path is empty.
+// loadConfig reads and parses path, or the embedded default when path is empty, and checks
+// the files it names: what run would refuse at start, validate and a reload refuse too.
 func loadConfig(path string) (*configs.Config, error) {
 	data := configs.Default
 	if path != "" {
@@ -69,7 +82,7 @@ func loadConfig(path string) (*configs.Config, error) {
 			return nil, err
 		}
 	}
-	return configs.Parse(data)
+	return configs.Load(data)
 }
 
 func printConfigErrors(w io.Writer, path string, err error) {
@@ -98,7 +111,7 @@ func cmdValidate(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-func cmdRun(args []string, stderr io.Writer) int {
+func cmdRun(args []string, stderr io.Writer, sigs <-chan os.Signal) int {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	path := fs.String("config", "", "configuration file (default: the embedded default)")
@@ -112,11 +125,23 @@ func cmdRun(args []string, stderr io.Writer) int {
 		return 1
 	}
 	log := newLogger(stderr, cfg.Log)
-	sig, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
+	// Signals that came while the configuration was read: SIGTERM/SIGINT end vigil now, a
+	// SIGHUP is kept for the reload loop (it reads the file again once everything runs).
 	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
+	for pending := true; pending; {
+		select {
+		case s := <-sigs:
+			if s == syscall.SIGHUP {
+				log.Info("vigil: SIGHUP during start-up: the configuration is read again once running")
+				notify(hup, s)
+				continue
+			}
+			log.Info("vigil: stopped before start", "signal", s.String())
+			return 0
+		default:
+			pending = false
+		}
+	}
 
 	a, err := newApp(cfg, log)
 	if err != nil {
@@ -133,13 +158,22 @@ func cmdRun(args []string, stderr io.Writer) int {
 	defer cancel()
 	errc := make(chan error, 1)
 	go func() { errc <- a.Run(ctx) }()
-	select {
-	case <-sig.Done():
-		stop() // a second SIGTERM/SIGINT now ends the process at once, cutting a long drain short
-		a.drain()
-		cancel()
-		err = <-errc
-	case err = <-errc:
+	for {
+		select {
+		case s := <-sigs:
+			if s == syscall.SIGHUP {
+				notify(hup, s)
+				continue
+			}
+			// A second SIGTERM/SIGINT now ends the process at once, cutting a long drain short.
+			signal.Reset(syscall.SIGTERM, os.Interrupt)
+			log.Info("vigil: stopping", "signal", s.String())
+			a.drain()
+			cancel()
+			err = <-errc
+		case err = <-errc:
+		}
+		break
 	}
 	if err != nil && !errors.Is(err, context.Canceled) {
 		log.Error("vigil: stopped", "err", err)
@@ -147,6 +181,14 @@ func cmdRun(args []string, stderr io.Writer) int {
 	}
 	log.Info("vigil: stopped")
 	return 0
+}
+
+// notify hands s on to ch without blocking: signals that come faster than they are handled merge.
+func notify(ch chan os.Signal, s os.Signal) {
+	select {
+	case ch <- s:
+	default:
+	}
 }
 
 func orDefault(path string) string {

@@ -159,7 +159,7 @@ func (w *watcher) run(ctx context.Context, events chan<- event) {
 func (w *watcher) instances(entries []*api.ServiceEntry) []discovery.Instance {
 	out := make([]discovery.Instance, 0, len(entries))
 	for _, e := range entries {
-		if e.Service == nil || e.Node == nil {
+		if e == nil || e.Service == nil || e.Node == nil {
 			continue
 		}
 		dc := e.Node.Datacenter
@@ -201,12 +201,20 @@ func (w *watcher) instances(entries []*api.ServiceEntry) []discovery.Instance {
 		if status == api.HealthWarning && e.Service.Weights.Warning > 0 {
 			in.Weight = e.Service.Weights.Warning
 		}
-		in.Weight = max(in.Weight, 1)
+		// Envoy refuses an endpoint set whose weights sum beyond 2^32, and SRV carries 16 bits.
+		in.Weight = min(max(in.Weight, 1), maxWeight)
+		if in.Address == "" || in.Port < 1 || in.Port > 65535 {
+			continue // nothing to probe or serve (e.g. a service registered without a port)
+		}
 		out = append(out, in)
 	}
-	slices.SortFunc(out, func(a, b discovery.Instance) int { return cmp.Compare(a.ID, b.ID) })
-	return out
+	slices.SortStableFunc(out, func(a, b discovery.Instance) int { return cmp.Compare(a.ID, b.ID) })
+	// One instance per ID, the first Consul listed: the ID keys health and the table.
+	return slices.CompactFunc(out, func(a, b discovery.Instance) bool { return a.ID == b.ID })
 }
+
+// maxWeight is the largest instance weight taken from Consul.
+const maxWeight = 65535
 
 // callTimeout bounds a request that does not block on Consul's side; queryTimeout bounds a
 // blocking query that waits up to wait (Consul adds up to wait/16 of jitter). Past them, an agent

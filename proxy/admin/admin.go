@@ -27,17 +27,27 @@ var dashboard []byte
 type Config struct {
 	// Listen is the address of the admin API, dashboard and /metrics (default 127.0.0.1:9480).
 	Listen string `yaml:"listen"`
+	// AllowedHosts are the host names, besides IP addresses and localhost, that requests may
+	// name in their Host header, e.g. the node's name for remote scraping (default: none).
+	AllowedHosts []string `yaml:"allowed_hosts"`
 }
 
 // Validate checks c.
 func (c *Config) Validate() error {
+	var errs field.Errors
 	if err := field.HostPort(c.Listen, true); err != nil {
 		if strings.Contains(err.Error(), "host must be") {
-			return field.Errorf("listen", "%v (the admin API has no authentication: keep it on loopback)", err)
+			errs.Addf("listen", "%v (the admin API has no authentication: keep it on loopback)", err)
+		} else {
+			errs.Addf("listen", "%v", err)
 		}
-		return field.Errorf("listen", "%v", err)
 	}
-	return nil
+	for i, h := range c.AllowedHosts {
+		if h == "" || strings.ContainsAny(h, ":/ ") {
+			errs.Addf(fmt.Sprintf("allowed_hosts[%d]", i), "%q must be a host name, without scheme or port", h)
+		}
+	}
+	return errs.Err()
 }
 
 // Snapshotter gives the current endpoint table snapshot.
@@ -71,7 +81,11 @@ func New(cfg Config, t Snapshotter, g prometheus.Gatherer, log *slog.Logger) *Se
 	mux.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelError)}))
 	mux.HandleFunc("GET /v1/upstreams", s.upstreams)
 	mux.HandleFunc("GET /v1/upstreams/{name}", s.upstream)
-	s.handler = mux
+	hosts := cfg.AllowedHosts
+	if h, _, err := net.SplitHostPort(cfg.Listen); err == nil {
+		hosts = append([]string{h}, hosts...)
+	}
+	s.handler = guardHosts(hosts, mux)
 	return s
 }
 

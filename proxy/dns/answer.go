@@ -28,6 +28,9 @@ const (
 func (s *Server) ServeDNS(w mdns.ResponseWriter, r *mdns.Msg) {
 	start := time.Now()
 	_, tcp := w.RemoteAddr().(*net.TCPAddr)
+	if !tcp && s.limitMsg(w, r, start) {
+		return
+	}
 	bp := s.bufs.Get().(*[]byte)
 	b, rcode, tc := s.respond((*bp)[:0], w, r, tcp)
 	if b != nil {
@@ -79,6 +82,9 @@ func (s *Server) respond(b []byte, w mdns.ResponseWriter, r *mdns.Msg, tcp bool)
 		req.size = maxTCP
 	case opt != nil:
 		req.size = min(max(int(opt.UDPSize()), mdns.MinMsgSize), maxUDP)
+	}
+	if !tcp && !s.allowed(w.RemoteAddr()) {
+		req.size = min(req.size, s.cfg.UntrustedUDPSize)
 	}
 	if opt != nil {
 		req.edns, req.do = true, opt.Do()

@@ -47,12 +47,20 @@ func benchUpstreams() map[string][]inst {
 // so that its CPU and memory are measured apart from dnsperf's and the harness's).
 const benchServeEnv = "VIGIL_DNS_BENCH_SERVE"
 
+// benchRRLEnv makes the bare server treat its loopback clients as outside allow_recursion, so
+// that each query goes through response-rate limiting (at a rate no benchmark reaches).
+const benchRRLEnv = "VIGIL_DNS_BENCH_RRL"
+
 // benchServe runs the DNS server on addr until SIGTERM; it prints "ready" once listening.
 func benchServe(addr string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 	cfg := dns.DefaultConfig()
 	cfg.Listen = addr
+	if os.Getenv(benchRRLEnv) != "" { // loopback outside allow_recursion: every query rate limited, none over
+		cfg.AllowRecursion = []string{"192.0.2.0/24"}
+		cfg.RateLimit.ResponsesPerSecond = 1_000_000_000
+	}
 	s, err := dns.New(cfg, newTable(table.Config{}, benchUpstreams()), nil, nil)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -320,5 +328,71 @@ func BenchmarkDNSPerf(b *testing.B) {
 		}
 		fmt.Fprintf(&tbl, "\n(medians of %d rounds of %d s; dnsperf -c 4 -q 100 -l %d)\n", rounds, secs, secs)
 		fmt.Print(tbl.String()) // to stdout whole: the testing package trims long benchmark logs
+	}
+}
+
+// BenchmarkDNSPerfRRL measures what response-rate limiting costs per query: dnsperf against two
+// vigil subprocesses, one as shipped (loopback clients are trusted: no limit) and one whose
+// clients are all outside allow_recursion (every query takes a token from its network's
+// bucket, none is refused), interleaved round by round; medians of QPS and server CPU per query.
+func BenchmarkDNSPerfRRL(b *testing.B) {
+	perf := testutil.Need(b, "dnsperf")
+	secs, rounds := benchEnv("VIGIL_DNSPERF_SECONDS", 5), benchEnv("VIGIL_DNSPERF_ROUNDS", 5)
+	dir := b.TempDir()
+	qfile := filepath.Join(dir, "queries")
+	var q strings.Builder
+	for _, s := range benchServices {
+		fmt.Fprintf(&q, "%s.service.consul A\n%s.service.consul SRV\n", s, s)
+	}
+	if err := os.WriteFile(qfile, []byte(q.String()), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	self, err := os.Executable()
+	if err != nil {
+		b.Fatal(err)
+	}
+	var peers []*peer
+	for _, rrl := range []bool{false, true} {
+		port := testutil.FreePort(b)
+		cmd := exec.Command(self)
+		cmd.Env = append(os.Environ(), fmt.Sprintf("%s=127.0.0.1:%d", benchServeEnv, port))
+		name := "vigil"
+		if rrl {
+			cmd.Env, name = append(cmd.Env, benchRRLEnv+"=1"), "vigil+rrl"
+		}
+		peers = append(peers, startPeer(b, name, port, cmd))
+	}
+	for range b.N {
+		res := map[string][]result{}
+		var qpsRatio, cpuRatio []float64
+		for round := range rounds {
+			for _, p := range peers {
+				r := dnsperf(b, perf, p, qfile, secs, false)
+				b.Logf("round %d %-9s %8.0f qps  lost %.0f  cpu/query %.2f µs", round, p.name, r.qps, r.lost, r.cpuPerQuery*1e6)
+				res[p.name] = append(res[p.name], r)
+			}
+			plain, rrl := res["vigil"][round], res["vigil+rrl"][round]
+			qpsRatio = append(qpsRatio, rrl.qps/plain.qps)
+			cpuRatio = append(cpuRatio, rrl.cpuPerQuery/plain.cpuPerQuery)
+		}
+		med := func(name string, f func(result) float64) float64 {
+			var xs []float64
+			for _, r := range res[name] {
+				xs = append(xs, f(r))
+			}
+			return median(xs)
+		}
+		var tbl strings.Builder
+		fmt.Fprintf(&tbl, "\n| server | QPS | CPU/query | lost |\n|---|---|---|---|\n")
+		for _, p := range peers {
+			fmt.Fprintf(&tbl, "| %s | %.0f | %.2f µs | %.0f |\n", p.name, med(p.name, func(r result) float64 { return r.qps }),
+				med(p.name, func(r result) float64 { return r.cpuPerQuery })*1e6, med(p.name, func(r result) float64 { return r.lost }))
+		}
+		fmt.Fprintf(&tbl, "\nrrl/plain: %.3f× QPS, %.3f× CPU per query (medians of per-round ratios); CPU per query %+.2f µs (difference of medians)\n",
+			median(qpsRatio), median(cpuRatio), (med("vigil+rrl", func(r result) float64 { return r.cpuPerQuery })-med("vigil", func(r result) float64 { return r.cpuPerQuery }))*1e6)
+		fmt.Fprintf(&tbl, "(%d rounds of %d s; dnsperf -c 4 -q 100 -l %d)\n", rounds, secs, secs)
+		b.ReportMetric(median(cpuRatio), "rrl/plain_cpu")
+		b.ReportMetric(median(qpsRatio), "rrl/plain_qps")
+		fmt.Print(tbl.String())
 	}
 }

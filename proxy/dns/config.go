@@ -2,6 +2,7 @@ package dns
 
 import (
 	"fmt"
+	"net"
 	"net/netip"
 	"strings"
 	"time"
@@ -27,8 +28,15 @@ type Config struct {
 	Recursors []string `yaml:"recursors"`
 	// RecursorTimeout bounds one exchange with one recursor (default 2s).
 	RecursorTimeout time.Duration `yaml:"recursor_timeout"`
-	// AllowRecursion lists the client networks that may use the recursors (default loopback only).
+	// AllowRecursion lists the client networks that may use the recursors (default loopback
+	// only). Clients outside them get UDP answers of at most UntrustedUDPSize bytes and are
+	// rate limited (RateLimit).
 	AllowRecursion []string `yaml:"allow_recursion"`
+	// UntrustedUDPSize is the largest UDP answer to a client outside allow_recursion, whatever
+	// its EDNS0 buffer; more is truncated and the client retries over TCP (default 512).
+	UntrustedUDPSize int `yaml:"untrusted_udp_size"`
+	// RateLimit limits UDP responses to clients outside allow_recursion, per client network.
+	RateLimit RateLimit `yaml:"rate_limit"`
 
 	// Datacenter is the local datacenter, from node.datacenter (not read from the dns section).
 	Datacenter string `yaml:"-"`
@@ -47,13 +55,15 @@ type UpstreamConfig struct {
 // DefaultConfig returns the built-in DNS configuration.
 func DefaultConfig() Config {
 	return Config{
-		Listen:          "127.0.0.1:8600",
-		Domain:          "consul.",
-		NegativeTTL:     5 * time.Second,
-		RecursorTimeout: 2 * time.Second,
-		AllowRecursion:  []string{"127.0.0.0/8", "::1/128"},
-		Datacenter:      "dc1",
-		TTL:             5 * time.Second,
+		Listen:           "127.0.0.1:8600",
+		Domain:           "consul.",
+		NegativeTTL:      5 * time.Second,
+		RecursorTimeout:  2 * time.Second,
+		AllowRecursion:   []string{"127.0.0.0/8", "::1/128"},
+		UntrustedUDPSize: mdns.MinMsgSize,
+		RateLimit:        DefaultRateLimit(),
+		Datacenter:       "dc1",
+		TTL:              5 * time.Second,
 	}
 }
 
@@ -96,6 +106,8 @@ func (c *Config) Validate() error {
 	for i, r := range c.Recursors {
 		if err := field.HostPort(r, false); err != nil {
 			errs.Addf(fmt.Sprintf("recursors[%d]", i), "%v", err)
+		} else if c.Listen != "" && pointsAt(r, c.Listen) {
+			errs.Addf(fmt.Sprintf("recursors[%d]", i), "%s is vigil's own dns.listen: each query would come back until recursor_timeout", r)
 		}
 	}
 	if c.RecursorTimeout <= 0 {
@@ -106,10 +118,43 @@ func (c *Config) Validate() error {
 			errs.Addf(fmt.Sprintf("allow_recursion[%d]", i), "%q is not a network such as 127.0.0.0/8", p)
 		}
 	}
+	if c.UntrustedUDPSize < mdns.MinMsgSize || c.UntrustedUDPSize > maxUDP {
+		errs.Addf("untrusted_udp_size", "must be between 512 and 4096, got %d", c.UntrustedUDPSize)
+	}
+	errs.Add("rate_limit", c.RateLimit.Validate())
 	if c.TTL < 0 {
 		errs.Addf("ttl", "must be >= 0")
 	}
 	return errs.Err()
+}
+
+// pointsAt reports whether a query sent to recursor would reach a server listening on listen
+// (both valid host:port): the same address and port, or the same port on a wildcard listen
+// address and a local recursor address.
+func pointsAt(recursor, listen string) bool {
+	r, err1 := netip.ParseAddrPort(recursor)
+	l, err2 := netip.ParseAddrPort(listen)
+	if err1 != nil || err2 != nil || r.Port() != l.Port() || l.Port() == 0 {
+		return false
+	}
+	ra, la := r.Addr().Unmap(), l.Addr().Unmap()
+	switch {
+	case ra == la:
+		return true
+	case ra.IsUnspecified(): // dialling 0.0.0.0 or :: reaches the local host
+		return la.IsLoopback() || la.IsUnspecified()
+	case la.IsUnspecified():
+		if ra.IsLoopback() {
+			return true
+		}
+		addrs, _ := net.InterfaceAddrs()
+		for _, a := range addrs {
+			if p, err := netip.ParsePrefix(a.String()); err == nil && p.Addr().Unmap() == ra {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func checkDomain(d string) error {

@@ -24,6 +24,7 @@ type metrics struct {
 	fwdErrors prometheus.Counter
 	rebuilds  prometheus.Counter
 	dropped   prometheus.Counter
+	limited   [2]prometheus.Counter // UDP responses over the rate limit: slipped, dropped
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -58,6 +59,11 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "UDP queries dropped unanswered because 1024 others were already being forwarded or unpacked.",
 		}),
 	}
+	limited := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "vigil_dns_rate_limited_total",
+		Help: "UDP queries over dns.rate_limit, by action: slip (answered empty and truncated) or drop.",
+	}, []string{"action"})
+	m.limited = [2]prometheus.Counter{limited.WithLabelValues("slip"), limited.WithLabelValues("drop")}
 	m.queries = make([][]prometheus.Counter, len(qtypes)+1)
 	for i := range m.queries {
 		qt := "other"
@@ -67,14 +73,17 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		m.queries[i] = make([]prometheus.Counter, len(rcodes)+1)
 		for j := range m.queries[i] {
 			rc := "other"
-			if j < len(rcodes) {
+			switch {
+			case j < len(rcodes) && rcodes[j] == mdns.RcodeBadVers:
+				rc = "BADVERS" // 16 is BADSIG in a TSIG record, but only BADVERS in a header+OPT rcode
+			case j < len(rcodes):
 				rc = mdns.RcodeToString[rcodes[j]]
 			}
 			m.queries[i][j] = queries.WithLabelValues(qt, rc)
 		}
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{queries, m.latency, m.truncated, m.forwarded, m.fwdErrors, m.rebuilds, m.dropped} {
+		for _, c := range []prometheus.Collector{queries, m.latency, m.truncated, m.forwarded, m.fwdErrors, m.rebuilds, m.dropped, limited} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("dns: metrics: %w", err)
 			}

@@ -35,6 +35,7 @@ type Server struct {
 	domains  [2]domain
 	nDomains int
 	allow    []netip.Prefix
+	rrl      *rrl // nil: no rate limit
 	negTTL   uint32
 
 	idx  atomic.Pointer[index]
@@ -94,6 +95,7 @@ func New(cfg Config, t *table.Table, reg prometheus.Registerer, log *slog.Logger
 	for _, p := range cfg.AllowRecursion {
 		s.allow = append(s.allow, netip.MustParsePrefix(p).Masked()) // validated above
 	}
+	s.rrl = newRRL(cfg.RateLimit)
 	s.bufs.New = func() any { b := make([]byte, 0, maxTCP); return &b }
 	if ap, err := netip.ParseAddrPort(cfg.Listen); err == nil && ap.Addr().IsUnspecified() {
 		s.miekgUDP = true
@@ -206,6 +208,12 @@ func (s *Server) start(srv *mdns.Server, done chan<- stopped) *serverRun {
 	r := &serverRun{stop: srv.ShutdownContext, started: make(chan struct{})}
 	srv.Handler = s
 	srv.MsgAcceptFunc = accept
+	srv.DecorateReader = decorateStrict
+	srv.MsgInvalidFunc = func(m []byte, _ error) {
+		if len(m) >= 12 && m[2]&0x80 == 0 { // answered FORMERR
+			s.observe(time.Now(), 0, mdns.RcodeFormatError, false)
+		}
+	}
 	srv.NotifyStartedFunc = func() { close(r.started) }
 	go func() {
 		err := srv.ActivateAndServe()

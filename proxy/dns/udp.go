@@ -51,7 +51,18 @@ func (s *Server) serveUDP(pc *net.UDPConn, slow *sync.WaitGroup) error {
 			}
 			continue
 		}
-		req.ra = len(s.cfg.Recursors) > 0 && s.allowedIP(from.Addr())
+		trusted := s.allowedIP(from.Addr())
+		switch s.limitUDP(from.Addr(), trusted, start) {
+		case rrlSlip:
+			pc.WriteToUDPAddrPort(appendSlip(out[:0], in[:n], &req), from) //nolint:errcheck
+			continue
+		case rrlDrop:
+			continue
+		}
+		req.ra = len(s.cfg.Recursors) > 0 && trusted
+		if !trusted {
+			req.size = min(req.size, s.cfg.UntrustedUDPSize)
+		}
 		b, rcode, tc, _ := s.answer(out[:0], &req, &pq) // the name came from the wire: it packs
 		pc.WriteToUDPAddrPort(b, from)                  //nolint:errcheck // nothing to do about a client gone
 		s.observe(start, req.qtype, rcode, tc)
@@ -65,7 +76,7 @@ const maxSlow = 1024
 func (s *Server) serveSlow(pc *net.UDPConn, from netip.AddrPort, pkt []byte) {
 	w := &udpWriter{pc: pc, to: from}
 	r := new(mdns.Msg)
-	if err := r.Unpack(pkt); err != nil {
+	if err := checkWireOrUnpack(r, pkt); err != nil {
 		if len(pkt) < 12 || pkt[2]&0x80 != 0 {
 			return // no header, or a response: no reply at all
 		}
@@ -82,6 +93,14 @@ func (s *Server) serveSlow(pc *net.UDPConn, from netip.AddrPort, pkt []byte) {
 		return
 	}
 	s.ServeDNS(w, r)
+}
+
+// checkWireOrUnpack unpacks pkt into r, after checkWire.
+func checkWireOrUnpack(r *mdns.Msg, pkt []byte) error {
+	if err := checkWire(pkt); err != nil {
+		return err
+	}
+	return r.Unpack(pkt)
 }
 
 func (s *Server) observe(start time.Time, qtype uint16, rcode int, tc bool) {
