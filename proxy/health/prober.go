@@ -44,6 +44,9 @@ type prober struct {
 	tlsCfg   *tls.Config // built at the first TLS probe
 }
 
+// rewakeDelay is the delay before confirming a failed probe triggered by a closed connection.
+const rewakeDelay = 5 * time.Millisecond
+
 // newProber starts following an instance; prev, if not nil, is the prober it replaces (same
 // instance, new check), whose verdict it keeps.
 func (c *Checker) newProber(u *upstream, chk *check, k discovery.Key, address string, port int, now time.Time, prev *prober) *prober {
@@ -169,6 +172,10 @@ func (p *prober) probe(ctx context.Context) {
 	case p.wake:
 		due = now
 		p.woken = true
+	case edge && woken && err != nil:
+		// The instance closed the watched connection and the probe failed: perhaps it is going
+		// down and its listener not yet closed (a connection accepted, then reset). Confirm soon.
+		due = now + int64(min(cfg.EdgeInterval, rewakeDelay))
 	case edge: // counted from the end: a probe that timed out is not followed by another at once
 		due = now + int64(cfg.EdgeInterval)
 	default:
