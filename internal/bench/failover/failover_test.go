@@ -20,8 +20,7 @@ func BenchmarkFailover(b *testing.B) {
 	dir := b.TempDir()
 	build := func(pkg, out string) string {
 		bin := filepath.Join(dir, out)
-		cmd := exec.Command("go", "build", "-o", bin, pkg)
-		if msg, err := cmd.CombinedOutput(); err != nil {
+		if msg, err := execGo("build", "-o", bin, pkg); err != nil {
 			b.Fatalf("go build %s: %v\n%s", pkg, err, msg)
 		}
 		return bin
@@ -77,3 +76,6 @@ func BenchmarkFailover(b *testing.B) {
 		}
 	}
 }
+
+// execGo runs the go command.
+func execGo(args ...string) ([]byte, error) { return exec.Command("go", args...).CombinedOutput() }
