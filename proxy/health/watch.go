@@ -2,6 +2,7 @@ package health
 
 import (
 	"context"
+	"math/rand/v2"
 	"net"
 	"time"
 )
@@ -21,12 +22,16 @@ import (
 //     and a probe per minute at most, and never flaps.
 //   - A dedicated connection is opened only to a healthy instance, after a passing probe. A probe
 //     still unanswered at its hedge point closes the dedicated connection at once (a server that
-//     serves one connection at a time may be waiting on it); if the probe then passes, no
-//     dedicated connection is opened to that instance for watchHarmHold.
+//     serves one connection at a time may be waiting on it), and the connection is opened again
+//     after the probe. When watchStrikes probes in a row are answered only after that, the server
+//     is taken to serve one connection at a time: no dedicated connection is opened to it for a
+//     minute, then two, four... up to watchHarmMax (a slow server under load rarely delays that
+//     many probes in a row; a server that does is tested again less and less often).
 const (
-	watchMinLife    = 10               // intervals: a watched connection closed sooner is short-lived
-	watchMaxBackoff = time.Minute      // longest wait before watching again after short-lived ones
-	watchHarmHold   = 10 * time.Minute // no dedicated connection after one seemed to starve the server
+	watchMinLife    = 10          // intervals: a watched connection closed sooner is short-lived
+	watchMaxBackoff = time.Minute // longest wait before watching again after short-lived ones
+	watchStrikes    = 3           // slow probes in a row while a dedicated connection was held
+	watchHarmMax    = time.Hour   // longest hold of dedicated connections to such a server
 )
 
 // watchState is the watched connection of a prober and its backoff. Guarded by the prober's mu.
@@ -40,6 +45,8 @@ type watchState struct {
 	after   int64    // scheduler time before which nothing is watched
 	life    int64    // lifetime of the connection whose hang-up triggered the next probe, -1 if none
 	suspect bool     // the dedicated connection was closed by a slow probe
+	strikes int      // slow probes in a row answered once the dedicated connection was closed
+	harm    int      // times the instance was found to serve one connection at a time
 }
 
 // watchAllowed reports whether a connection of p may be watched now. Called with mu held.
@@ -97,13 +104,22 @@ func (p *prober) afterProbe(now int64, woken, pass bool) (openDed bool, drop net
 		p.w.conn = nil // the kept connection was not kept again: closed, so out of the set
 		p.w.gen++
 	}
-	if p.w.suspect {
+	switch {
+	case p.w.suspect:
 		p.w.suspect = false
-		if pass { // the probe was answered once the dedicated connection was gone
-			p.w.after = now + int64(watchHarmHold)
-			p.c.log.Info("health: instance seems to serve one connection at a time; not holding an idle connection to it",
-				"upstream", p.key.Upstream, "id", p.key.ID, "address", p.hostport, "for", watchHarmHold)
+		if pass { // answered once the dedicated connection was gone
+			p.w.strikes++
 		}
+		if p.w.strikes >= watchStrikes {
+			hold := min(watchMaxBackoff<<min(p.w.harm, 10), watchHarmMax)
+			hold += time.Duration(rand.Int64N(int64(hold / 5))) // a fleet does not test again at once
+			p.w.after, p.w.strikes = now+int64(hold), 0
+			p.w.harm++
+			p.c.log.Info("health: instance seems to serve one connection at a time; not holding an idle connection to it",
+				"upstream", p.key.Upstream, "id", p.key.ID, "address", p.hostport, "for", hold.Round(time.Second))
+		}
+	case pass && p.w.ded != nil && p.w.conn == p.w.ded:
+		p.w.strikes = 0 // answered promptly while the dedicated connection was held
 	}
 	if !p.watchAllowed(now) {
 		drop = p.unwatch()

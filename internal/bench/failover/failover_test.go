@@ -57,6 +57,12 @@ func BenchmarkFailover(b *testing.B) {
 		}
 		var md bytes.Buffer
 		res.WriteMarkdown(&md)
+		for _, set := range []string{"default", "aggressive"} {
+			if log, err := os.ReadFile(filepath.Join(dir, "vigil-"+set+".log")); err == nil {
+				b.Logf("vigil %s: %d watch connections given up (one connection at a time?)", set,
+					bytes.Count(log, []byte("seems to serve one connection at a time")))
+			}
+		}
 		b.Logf("failover, %d SIGKILLs and %d SIGSTOPs per backend kind, %d requests/s per client, run of %s:\n%s",
 			kills, stops, cfg.Rate, res.Duration.Round(time.Second), md.String())
 		if out := os.Getenv("VIGIL_FAILOVER_OUT"); out != "" {
@@ -65,6 +71,13 @@ func BenchmarkFailover(b *testing.B) {
 			}
 			if err := os.WriteFile(filepath.Join(out, "failover.md"), md.Bytes(), 0o644); err != nil {
 				b.Fatal(err)
+			}
+			if os.Getenv("VIGIL_FAILOVER_EVENTS") != "" {
+				var evs bytes.Buffer
+				res.WriteEvents(&evs)
+				if err := os.WriteFile(filepath.Join(out, "events.txt"), evs.Bytes(), 0o644); err != nil {
+					b.Fatal(err)
+				}
 			}
 			for _, p := range res.Paths {
 				var svg bytes.Buffer

@@ -64,7 +64,7 @@ func (v *vigilProc) run(ctx context.Context, env *Env) error {
 	}
 	v.dns, v.xds = fmt.Sprintf("127.0.0.1:%d", ports[0]), fmt.Sprintf("127.0.0.1:%d", ports[1])
 	var b strings.Builder
-	fmt.Fprintf(&b, "log: {level: warn}\nadmin: {listen: 127.0.0.1:%d}\ndns: {listen: %q}\nxds: {listen: %q}\n", ports[2], v.dns, v.xds)
+	fmt.Fprintf(&b, "log: {level: info}\nadmin: {listen: 127.0.0.1:%d}\ndns: {listen: %q}\nxds: {listen: %q}\n", ports[2], v.dns, v.xds)
 	// A DNS TTL of 0, as Consul's: a client that honours the TTL asks again for each request.
 	fmt.Fprintf(&b, "defaults:\n  check: %s\n  dns: {ttl: 0s}\nupstreams:\n", v.set.Check)
 	for k := range numKinds {

@@ -57,6 +57,7 @@ type Row struct {
 	Leave       [3]time.Duration // median, p90, max
 	NotLeft     int
 	FailedPer   float64
+	OthersPer   float64 // of FailedPer, requests to another instance or to none
 	Return      [2]time.Duration // median, p90
 	NotReturned int
 }
@@ -68,7 +69,7 @@ func (r *Result) Rows() []Row {
 		for _, hang := range []bool{false, true} {
 			row := Row{Path: s.path, Kind: s.kind, Hang: hang}
 			var leave, back []time.Duration
-			failed := 0
+			failed, others := 0, 0
 			for _, ev := range r.Events[s.kind] {
 				if ev.Hang != hang {
 					continue
@@ -80,6 +81,7 @@ func (r *Result) Rows() []Row {
 					row.NotLeft++
 				}
 				failed += o.Failed
+				others += o.FailedBad
 				if o.Returned {
 					back = append(back, o.Return)
 				} else {
@@ -92,6 +94,7 @@ func (r *Result) Rows() []Row {
 			row.Leave = [3]time.Duration{quantile(leave, .5), quantile(leave, .9), quantile(leave, 1)}
 			row.Return = [2]time.Duration{quantile(back, .5), quantile(back, .9)}
 			row.FailedPer = float64(failed) / float64(row.N)
+			row.OthersPer = float64(others) / float64(row.N)
 			rows = append(rows, row)
 		}
 	}
@@ -110,7 +113,7 @@ func quantile(ds []time.Duration, q float64) time.Duration {
 
 // WriteMarkdown writes the rows as a Markdown table.
 func (r *Result) WriteMarkdown(w io.Writer) {
-	fmt.Fprintf(w, "| path | backend | event | n | leaves traffic p50 / p90 / max | failed requests per event | revived gets traffic p50 / p90 |\n")
+	fmt.Fprintf(w, "| path | backend | event | n | leaves traffic p50 / p90 / max | failed requests per event (to others) | revived gets traffic p50 / p90 |\n")
 	fmt.Fprintf(w, "|---|---|---|--:|--:|--:|--:|\n")
 	for _, row := range r.Rows() {
 		ev := "SIGKILL"
@@ -125,7 +128,7 @@ func (r *Result) WriteMarkdown(w io.Writer) {
 		if row.NotReturned > 0 {
 			back += fmt.Sprintf(" (%d not back)", row.NotReturned)
 		}
-		fmt.Fprintf(w, "| %s | %s | %s | %d | %s | %.1f | %s |\n", row.Path, row.Kind, ev, row.N, leave, row.FailedPer, back)
+		fmt.Fprintf(w, "| %s | %s | %s | %d | %s | %.1f (%.1f) | %s |\n", row.Path, row.Kind, ev, row.N, leave, row.FailedPer, row.OthersPer, back)
 	}
 }
 
@@ -134,4 +137,19 @@ func ms(d time.Duration) string {
 		return fmt.Sprintf("%.1f ms", float64(d)/1e6)
 	}
 	return fmt.Sprintf("%d ms", d.Milliseconds())
+}
+
+// WriteEvents writes every event's outcome on every path, for a closer look.
+func (r *Result) WriteEvents(w io.Writer) {
+	for _, s := range r.Series {
+		for _, ev := range r.Events[s.kind] {
+			o := outcome(s, ev)
+			sig := "KILL"
+			if ev.Hang {
+				sig = "STOP"
+			}
+			fmt.Fprintf(w, "%-22s %-20s %s at %7.3fs inst %d: leave %s (left %v) failed %d (others %d) back %s (%v)\n",
+				s.path, s.kind, sig, ev.At.Seconds(), ev.Inst, ms(o.Leave), o.Left, o.Failed, o.FailedBad, ms(o.Return), o.Returned)
+		}
+	}
 }
