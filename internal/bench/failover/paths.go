@@ -32,17 +32,21 @@ var (
 	Aggressive = Setting{"aggressive", "{interval: 250ms, unhealthy_interval: 250ms, edge_interval: 50ms, timeout: 120ms}"}
 )
 
-// vigilProc is one vigil process, shared by its DNS and xDS paths.
+// vigilProc is one vigil process, shared by its DNS and xDS paths (and a forwarder path: its
+// upstream YAML adds each upstream's forwarder listener; its client sends to that listener and
+// learns the instance from the answer: GET /id's body, or the gRPC header "instance").
 type vigilProc struct {
-	set  Setting
-	once sync.Once
-	err  error
-	refs int
-	mu   sync.Mutex
-	cmd  *exec.Cmd
-	dns  string // host:port
-	xds  string
-	done chan struct{}
+	set Setting
+	// upstreamYAML, if set, returns more YAML lines for the upstream of kind k.
+	upstreamYAML func(k Kind) string
+	once         sync.Once
+	err          error
+	refs         int
+	mu           sync.Mutex
+	cmd          *exec.Cmd
+	dns          string // host:port
+	xds          string
+	done         chan struct{}
 }
 
 func (v *vigilProc) start(ctx context.Context, env *Env) error {
@@ -72,7 +76,11 @@ func (v *vigilProc) run(ctx context.Context, env *Env) error {
 		if k == GRPC {
 			check = "{kind: grpc}"
 		}
-		fmt.Fprintf(&b, "  - name: %s\n    check: %s\n    instances:\n", k.Upstream(), check)
+		fmt.Fprintf(&b, "  - name: %s\n    check: %s\n", k.Upstream(), check)
+		if v.upstreamYAML != nil {
+			b.WriteString(v.upstreamYAML(k))
+		}
+		b.WriteString("    instances:\n")
 		for _, in := range env.Instances[k] {
 			fmt.Fprintf(&b, "      - {address: %s, port: %d}\n", in.IP, in.Port)
 		}

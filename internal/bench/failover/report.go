@@ -57,7 +57,7 @@ type Row struct {
 	Leave       [3]time.Duration // median, p90, max
 	NotLeft     int
 	FailedPer   float64
-	OthersPer   float64 // of FailedPer, requests to another instance or to none
+	OthersPer   float64          // of FailedPer, requests to another instance or to none
 	Return      [2]time.Duration // median, p90
 	NotReturned int
 }

@@ -3,6 +3,7 @@
 package main
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"io"
@@ -13,6 +14,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
 )
 
 func main() {
@@ -27,7 +29,12 @@ func main() {
 	}
 	switch *kind {
 	case "grpc":
-		s := grpc.NewServer()
+		// Each answer names the instance in the header "instance", for a client that does not
+		// know where its call went (through an L4 forwarder).
+		s := grpc.NewServer(grpc.UnaryInterceptor(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+			_ = grpc.SetHeader(ctx, metadata.Pairs("instance", *id))
+			return h(ctx, req)
+		}))
 		healthpb.RegisterHealthServer(s, health.NewServer())
 		err = s.Serve(l)
 	default:
