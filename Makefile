@@ -45,6 +45,9 @@ fuzz:
 
 # Debian packages the tests and benchmarks use: dig, dnsperf, promtool, chromium, python3 (a failover backend).
 APT_PKGS :=
+ifeq ($(shell command -v python3),)
+APT_PKGS += python3
+endif
 ifeq ($(shell command -v dig),)
 APT_PKGS += dnsutils
 endif
@@ -56,9 +59,6 @@ APT_PKGS += prometheus
 endif
 ifeq ($(shell command -v chromium),)
 APT_PKGS += chromium
-endif
-ifeq ($(shell command -v python3),)
-APT_PKGS += python3
 endif
 deps:
 ifneq ($(strip $(APT_PKGS)),)
