@@ -172,7 +172,7 @@ func (p *prober) probe(ctx context.Context) {
 	case p.wake:
 		due = now
 		p.woken = true
-	case edge && woken && err != nil:
+	case edge && woken && err != nil && p.status.State == Healthy:
 		// The instance closed the watched connection and the probe failed: perhaps it is going
 		// down and its listener not yet closed (a connection accepted, then reset). Confirm soon.
 		due = now + int64(min(cfg.EdgeInterval, rewakeDelay))

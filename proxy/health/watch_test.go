@@ -123,7 +123,9 @@ func watched() health.CheckConfig {
 func TestCrashDetectedWithoutKeepAlive(t *testing.T) {
 	s := newRawServer(t, nil)
 	reg := prometheus.NewRegistry()
-	h := start(t, health.Options{Default: watched(), Registerer: reg})
+	c := watched()
+	c.EdgeInterval, c.UnhealthyInterval = 2*time.Second, 2*time.Second // no probe soon after the verdict
+	h := start(t, health.Options{Default: c, Registerer: reg})
 	k := discovery.Key{Upstream: "api", ID: "a"}
 	h.set(map[string][]discovery.Instance{"api": {instanceOf(t, "a", s.addr())}})
 	st := h.wait(k, health.Healthy, 3*time.Second)
