@@ -34,7 +34,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, []string{"upstream", "to"}),
 		closed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "vigil_health_connection_closed_total",
-			Help: "Idle probe connections closed or reset by the instance between probes, by upstream.",
+			Help: "Watched idle connections (a kept probe connection or a dedicated one) closed or reset by the instance, by upstream.",
 		}, []string{"upstream"}),
 		changes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "vigil_health_state_changes_total",

@@ -146,6 +146,10 @@ func TestCrashDetectedWithoutKeepAlive(t *testing.T) {
 	if n := changesBy(t, reg, "watch"); n != 1 {
 		t.Errorf("state changes by watch = %v, want 1", n)
 	}
+	// Both changes (to healthy, to unhealthy) reached the sink and were timed.
+	testutil.Eventually(t, 3*time.Second, time.Millisecond, func() bool {
+		return strings.Contains(testutil.Exposition(t, reg), "vigil_health_change_to_table_seconds_count 2")
+	}, "two changes timed to the table")
 }
 
 // changesBy returns vigil_health_state_changes_total of a cause, summed over upstreams.
@@ -289,5 +293,66 @@ func TestHungDetectedInOneTimeout(t *testing.T) {
 	}
 	if !strings.Contains(st.Reason, "no response within") {
 		t.Errorf("reason %q", st.Reason)
+	}
+}
+
+// A kept connection that stops being answered while fresh ones are (a stuck connection, not a hung
+// instance) costs no failure: the hedge on a fresh connection passes and becomes the kept one.
+func TestHedgePassesOnFreshConnection(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stuck atomic.Bool
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var conns []net.Conn
+	wg.Go(func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			wg.Go(func() {
+				br := bufio.NewReader(c)
+				for n := 0; ; n++ {
+					if _, err := http.ReadRequest(br); err != nil {
+						return
+					}
+					if n > 0 && stuck.Load() { // only a connection's first request is answered
+						continue
+					}
+					io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+				}
+			})
+		}
+	})
+	t.Cleanup(func() {
+		l.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	c := steady("http")
+	c.Interval, c.Timeout, c.UnhealthyInterval = 300*time.Millisecond, 250*time.Millisecond, 300*time.Millisecond
+	c.HealthyThreshold, c.UnhealthyThreshold = 1, 1
+	h := start(t, health.Options{Default: c})
+	k := discovery.Key{Upstream: "api", ID: "a"}
+	h.set(map[string][]discovery.Instance{"api": {instanceOf(t, "a", l.Addr().String())}})
+	st := h.wait(k, health.Healthy, 3*time.Second)
+	stuck.Store(true)
+	probes := st.Stats.Load().Probes
+	testutil.Eventually(t, 10*time.Second, 5*time.Millisecond, func() bool { return st.Stats.Load().Probes >= probes+4 }, "4 probes")
+	if f := st.Stats.Load().Failures; f != 0 {
+		t.Errorf("%d failures: %s", f, st.Stats.Load().LastError)
+	}
+	if s, _ := h.sink.status(k); s.State != health.Healthy {
+		t.Errorf("state %s", s.State)
 	}
 }
