@@ -14,7 +14,7 @@ K8S_SCHEMAS_STAMP   := $(TOOLS)/k8s-schemas/.$(subst /,_,$(K8S_OPENAPI_MODULE))
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: build run test bench lint fuzz deps tools clean
+.PHONY: build run test bench bench-failover lint fuzz deps tools clean
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/vigil ./cmd/vigil
 
@@ -31,6 +31,12 @@ test: deps tools
 bench: deps tools $(TOOLS)/coredns build
 	$(GO) test -run '^$$' -bench . -benchtime 1x -count 1 -timeout 60m ./...
 
+# Failover on every path (vigil DNS and xDS at two settings, Consul DNS) under SIGKILL and SIGSTOP,
+# about 5 minutes; writes docs/failover/ (report and SVG timelines). QUICK=1: a few events, ~1 minute.
+bench-failover: tools
+	VIGIL_FAILOVER_OUT=$(CURDIR)/docs/failover $(if $(QUICK),VIGIL_FAILOVER_QUICK=1 VIGIL_FAILOVER_OUT=$(CURDIR)/bin/failover-quick) \
+	  $(GO) test -run '^$$' -bench BenchmarkFailover -benchtime 1x -count 1 -timeout 20m -v ./internal/bench/failover/
+
 lint:
 	@test -z "$$(gofmt -l .)" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
 	$(GO) vet ./...
@@ -46,8 +52,11 @@ fuzz:
 	    echo "fuzz $$p $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZETIME) $$p || exit 1; \
 	  done; done
 
-# Debian packages the tests and benchmarks use: dig, dnsperf, promtool, chromium.
+# Debian packages the tests and benchmarks use: dig, dnsperf, promtool, chromium, python3 (a failover backend).
 APT_PKGS :=
+ifeq ($(shell command -v python3),)
+APT_PKGS += python3
+endif
 ifeq ($(shell command -v dig),)
 APT_PKGS += dnsutils
 endif

@@ -45,7 +45,8 @@ func raiseNoFile() {
 func serveBench() int {
 	raiseNoFile()
 	var first, count int
-	if _, err := fmt.Sscanf(os.Getenv(serverEnv), "%d,%d", &first, &count); err != nil {
+	env, closing := strings.CutSuffix(os.Getenv(serverEnv), ",close")
+	if _, err := fmt.Sscanf(env, "%d,%d", &first, &count); err != nil {
 		fmt.Fprintln(os.Stderr, "bad", serverEnv, err)
 		return 2
 	}
@@ -75,6 +76,7 @@ func serveBench() int {
 		return 1
 	}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") })}
+	srv.SetKeepAlivesEnabled(!closing) // closing: each connection ends after its response
 	for _, l := range ls {
 		go srv.Serve(l)
 	}
@@ -85,12 +87,16 @@ func serveBench() int {
 }
 
 // benchServers starts the server subprocesses for n instances and returns each instance.
-func benchServers(b *testing.B, n int) []discovery.Instance {
+func benchServers(b *testing.B, n int, closing bool) []discovery.Instance {
 	var ins []discovery.Instance
 	for first := 0; first < n; first += perServer {
 		count := min(perServer, n-first)
 		cmd := exec.Command(os.Args[0], "-test.run=^$", "-test.bench=^$")
-		cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%d,%d", serverEnv, first, count))
+		env := fmt.Sprintf("%s=%d,%d", serverEnv, first, count)
+		if closing {
+			env += ",close"
+		}
+		cmd.Env = append(os.Environ(), env)
 		cmd.Stderr = os.Stderr
 		stdin, err := cmd.StdinPipe()
 		if err != nil {
@@ -198,24 +204,36 @@ func envInt(name string, def int) int {
 // seconds, default 10): CPU seconds of this process per 1,000 probes, probes per second achieved
 // and scheduled, p99 scheduling lag and memory per instance: heap and stacks (KB/instance), and the
 // growth of the resident set (rss-KB/instance, which also counts freed memory not yet returned).
+//
+// The cases with backend=closing probe servers that close each connection after its response
+// (no keep-alive): each probe dials, and the checker holds one dedicated idle watch connection
+// per instance; watch=off shows the same without it, so the difference is what the watch costs.
 func BenchmarkProber(b *testing.B) {
 	raiseNoFile()
-	for _, n := range []int{1000, 10000} {
-		b.Run(fmt.Sprintf("instances=%d", n), func(b *testing.B) {
+	for _, tc := range []struct {
+		n              int
+		closing, watch bool
+	}{{1000, false, true}, {10000, false, true}, {1000, true, true}, {1000, true, false}} {
+		name := fmt.Sprintf("instances=%d", tc.n)
+		if tc.closing {
+			name += fmt.Sprintf(",backend=closing,watch=%v", tc.watch)
+		}
+		b.Run(name, func(b *testing.B) {
 			for range b.N {
-				benchProber(b, n)
+				benchProber(b, tc.n, tc.closing, tc.watch)
 			}
 		})
 	}
 }
 
-func benchProber(b *testing.B, n int) {
+func benchProber(b *testing.B, n int, closing, watch bool) {
 	repeat, window := envInt("VIGIL_BENCH_REPEAT", 3), time.Duration(envInt("VIGIL_BENCH_WINDOW", 10))*time.Second
-	ins := benchServers(b, n)
+	ins := benchServers(b, n, closing)
 	base, baseRSS := memInUse(), rss()
 
 	chk := health.DefaultCheck()
 	chk.Kind = health.KindHTTP
+	chk.Watch = watch
 	sink := &countSink{}
 	members := make(chan discovery.Membership, 1)
 	c, err := health.NewChecker(health.Options{Default: chk, Sink: sink, Members: members})

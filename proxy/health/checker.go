@@ -355,6 +355,9 @@ func (c *Checker) flush() {
 			}
 		}
 		c.sink.SetMembership(c.mem, statuses)
+		for _, p := range ps {
+			c.published(p)
+		}
 		return
 	}
 	for _, p := range ps {
@@ -365,6 +368,14 @@ func (c *Checker) flush() {
 				c.sink.SetStatus(cur.key, cur.Status())
 			}
 		}
+		c.published(p)
+	}
+}
+
+// published observes, once the sink has p's status, how long ago a probe result changed its state.
+func (c *Checker) published(p *prober) {
+	if at := p.takeChange(); !at.IsZero() {
+		c.met.toTable.Observe(time.Since(at).Seconds())
 	}
 }
 

@@ -100,7 +100,7 @@ func TestOneProbeInFlight(t *testing.T) {
 		for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
 		}
 		select { // slower than edge_interval, quicker than the timeout
-		case <-time.After(100 * time.Millisecond):
+		case <-time.After(40 * time.Millisecond):
 		case <-r.Context().Done():
 		}
 	})
@@ -220,7 +220,8 @@ func TestMetrics(t *testing.T) {
 	h.wait(discovery.Key{Upstream: "gone", ID: "b"}, health.Unhealthy, 3*time.Second)
 
 	for _, name := range []string{"vigil_health_probes_total", "vigil_health_probe_duration_seconds", "vigil_health_transitions_total",
-		"vigil_health_schedule_lag_seconds", "vigil_health_probes_in_flight", "vigil_health_probed_instances"} {
+		"vigil_health_schedule_lag_seconds", "vigil_health_probes_in_flight", "vigil_health_probed_instances",
+		"vigil_health_state_changes_total", "vigil_health_change_to_table_seconds"} {
 		if n, err := promtest.GatherAndCount(reg, name); err != nil || n == 0 {
 			t.Errorf("%s: %d series, %v", name, n, err)
 		}

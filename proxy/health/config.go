@@ -40,6 +40,9 @@ type CheckConfig struct {
 	HealthyThreshold int `yaml:"healthy_threshold" json:"healthy_threshold"`
 	// UnhealthyThreshold is the consecutive failures that make an instance unhealthy (default 2).
 	UnhealthyThreshold int `yaml:"unhealthy_threshold" json:"unhealthy_threshold"`
+	// Watch holds one idle connection to each instance, so that a crash is noticed when the
+	// instance's end closes it rather than at the next probe (default true). See the README.
+	Watch bool `yaml:"watch" json:"watch"`
 	// HTTP configures http and https probes.
 	HTTP HTTPCheck `yaml:"http" json:"http"`
 	// GRPC configures grpc probes.
@@ -105,6 +108,7 @@ func DefaultCheck() CheckConfig {
 		Jitter:             0.1,
 		HealthyThreshold:   2,
 		UnhealthyThreshold: 2,
+		Watch:              true,
 		HTTP:               HTTPCheck{Method: http.MethodGet, Path: "/", ExpectedStatuses: []string{"200-399"}},
 		Flap:               FlapConfig{Window: time.Minute, HoldDown: 30 * time.Second},
 	}

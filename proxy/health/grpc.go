@@ -21,6 +21,7 @@ import (
 type grpcConn struct {
 	p       *prober
 	cc      *grpc.ClientConn
+	since   int64 // scheduler time of its creation
 	closing atomic.Bool
 	dialErr atomic.Pointer[error] // of the last dial
 }
@@ -61,7 +62,7 @@ func (p *prober) newGRPC() (*grpcConn, error) {
 		creds = credentials.NewTLS(p.tlsCfg)
 		p.mu.Unlock()
 	}
-	gc := &grpcConn{p: p}
+	gc := &grpcConn{p: p, since: p.c.sched.now()}
 	cfg := &p.chk.cfg
 	cc, err := grpc.NewClient("passthrough:///"+p.hostport,
 		grpc.WithTransportCredentials(creds),
@@ -117,7 +118,7 @@ func (gc *grpcConn) reason(err error, svc string, timeout time.Duration) error {
 
 // close ends the client; it is safe on nil.
 func (gc *grpcConn) close() {
-	if gc == nil || gc.closing.Swap(true) {
+	if gc == nil || gc.cc == nil || gc.closing.Swap(true) {
 		return
 	}
 	_ = gc.cc.Close()

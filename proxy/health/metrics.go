@@ -10,6 +10,8 @@ type metrics struct {
 	duration    *prometheus.HistogramVec
 	transitions *prometheus.CounterVec
 	closed      *prometheus.CounterVec
+	changes     *prometheus.CounterVec
+	toTable     prometheus.Histogram
 	inFlight    prometheus.Gauge
 	instances   *prometheus.GaugeVec
 	lag         prometheus.Histogram
@@ -32,8 +34,17 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, []string{"upstream", "to"}),
 		closed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "vigil_health_connection_closed_total",
-			Help: "Idle probe connections closed or reset by the instance between probes, by upstream.",
+			Help: "Watched idle connections (a kept probe connection or a dedicated one) closed or reset by the instance, by upstream.",
 		}, []string{"upstream"}),
+		changes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vigil_health_state_changes_total",
+			Help: "Changes of an instance's health state by upstream and cause: probe (a scheduled probe), watch (a probe triggered by the instance closing its idle connection), passive (failures seen by a proxy), registry (the discovery source's verdict, kind none), manual.",
+		}, []string{"upstream", "cause"}),
+		toTable: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "vigil_health_change_to_table_seconds",
+			Help:    "From the probe result that changed an instance's state to the endpoint table's new snapshot.",
+			Buckets: []float64{.00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1},
+		}),
 		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "vigil_health_probes_in_flight",
 			Help: "Health probes in flight now.",
@@ -49,7 +60,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.probes, m.duration, m.transitions, m.closed, m.inFlight, m.instances, m.lag)
+		reg.MustRegister(m.probes, m.duration, m.transitions, m.closed, m.changes, m.toTable, m.inFlight, m.instances, m.lag)
 	}
 	return m
 }
@@ -61,11 +72,26 @@ type upstreamMetrics struct {
 	toHealthy   prometheus.Counter
 	toUnhealthy prometheus.Counter
 	closed      prometheus.Counter
+	changes     [numCauses]prometheus.Counter
 	instances   prometheus.Gauge
 }
 
+// cause is what triggered a change of state.
+type cause uint8
+
+const (
+	causeProbe cause = iota
+	causeWatch
+	causePassive
+	causeRegistry
+	causeManual
+	numCauses
+)
+
+var causeNames = [numCauses]string{"probe", "watch", "passive", "registry", "manual"}
+
 func (m *metrics) upstream(name string) upstreamMetrics {
-	return upstreamMetrics{
+	u := upstreamMetrics{
 		ok:          m.probes.WithLabelValues(name, "success"),
 		fail:        m.probes.WithLabelValues(name, "failure"),
 		duration:    m.duration.WithLabelValues(name),
@@ -74,6 +100,10 @@ func (m *metrics) upstream(name string) upstreamMetrics {
 		closed:      m.closed.WithLabelValues(name),
 		instances:   m.instances.WithLabelValues(name),
 	}
+	for i, c := range causeNames {
+		u.changes[i] = m.changes.WithLabelValues(name, c)
+	}
+	return u
 }
 
 // forget deletes every series of a deleted upstream.
@@ -83,5 +113,6 @@ func (m *metrics) forget(name string) {
 	m.duration.DeletePartialMatch(l)
 	m.transitions.DeletePartialMatch(l)
 	m.closed.DeletePartialMatch(l)
+	m.changes.DeletePartialMatch(l)
 	m.instances.DeletePartialMatch(l)
 }

@@ -23,6 +23,65 @@ var (
 	bodies  = sync.Pool{New: func() any { b := make([]byte, bodyLimit); return &b }}
 )
 
+// attempt probes once. When hedge is set (the instance is healthy) and the probe is still
+// unanswered at half its timeout, a second probe on fresh connections runs alongside it, with the
+// same deadline: the instance passes if either is answered in time, and fails twice at once if
+// neither is, so that a hung instance is found within one timeout rather than two. fails is the
+// number of failures to count.
+func (p *prober) attempt(ctx context.Context, deadline time.Time, conn net.Conn, gc *grpcConn, hedge bool) (net.Conn, *grpcConn, error, int) {
+	if (p.chk.cfg.Kind == KindHTTP || p.chk.cfg.Kind == KindHTTPS) && p.req == nil && p.chk.err == nil {
+		// only this prober's probe goroutine writes req, before any hedge reads it
+		req, err := p.buildRequest()
+		if err != nil {
+			closeConn(conn)
+			return nil, gc, err, 1
+		}
+		p.req = req
+	}
+	if !hedge || p.chk.err != nil {
+		conn, gc, err := p.run(ctx, deadline, conn, gc)
+		return conn, gc, err, 1
+	}
+	type result struct {
+		conn net.Conn
+		gc   *grpcConn
+		err  error
+	}
+	hctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	hedged := make(chan result, 1)
+	t := time.AfterFunc(p.chk.cfg.Timeout/2, func() {
+		p.hedging()
+		c, g, err := p.run(hctx, deadline, nil, nil)
+		hedged <- result{c, g, err}
+	})
+	conn, gc, err := p.run(ctx, deadline, conn, gc)
+	if t.Stop() {
+		return conn, gc, err, 1
+	}
+	if err == nil {
+		cancel()
+	}
+	h := <-hedged
+	switch {
+	case err == nil:
+		closeConn(h.conn)
+		h.gc.close()
+		return conn, gc, nil, 1
+	case h.err == nil: // the kept connection was stuck, a fresh one was answered
+		closeConn(conn)
+		gc.close()
+		return h.conn, h.gc, nil, 1
+	}
+	closeConn(h.conn)
+	h.gc.close()
+	return conn, gc, err, 2
+}
+
+// definitive reports whether a probe error proves the instance down without a second probe:
+// the connection was refused (nothing listens on the port; the host itself answered).
+func definitive(err error) bool { return err != nil && errors.Is(err, syscall.ECONNREFUSED) }
+
 // run probes once by the check's kind and returns the connections to keep until the next probe.
 func (p *prober) run(ctx context.Context, deadline time.Time, conn net.Conn, gc *grpcConn) (net.Conn, *grpcConn, error) {
 	if p.chk.err != nil {
@@ -75,14 +134,6 @@ func (p *prober) dial(ctx context.Context, deadline time.Time, useTLS bool) (net
 
 // probeHTTP sends one request, on the kept connection if there is one.
 func (p *prober) probeHTTP(ctx context.Context, deadline time.Time, conn net.Conn) (net.Conn, error) {
-	if p.req == nil { // only this prober's probe goroutine touches req, one at a time
-		req, err := p.buildRequest()
-		if err != nil {
-			closeConn(conn)
-			return nil, err
-		}
-		p.req = req
-	}
 	for {
 		reused := conn != nil
 		if !reused {

@@ -31,27 +31,27 @@ type prober struct {
 	mu       sync.Mutex
 	m        machine
 	status   Status
+	changed  time.Time // when a probe result changed status.State, until the sink has it
 	stopped  bool
 	inflight bool
 	wake     bool     // probe again at once when the probe in flight ends
 	edge     bool     // next probe after edge_interval when the probe in flight ends
-	lastWake int64    // scheduler time of the last probe triggered by a closed connection
 	woken    bool     // the next probe is triggered by a closed connection
-	benign   bool     // the instance closes idle connections yet passes: closes trigger no probe
 	conn     net.Conn // kept between probes
-	watched  net.Conn // the connection in the watcher's set, if any
-	wid      uint32   // watcher slot, 0 if none
-	wgen     uint32   // generation of watched: events of an older one are stale
+	w        watchState
 	grpc     *grpcConn
 	req      []byte      // the http request, built at the first http probe
 	tlsCfg   *tls.Config // built at the first TLS probe
 }
 
+// rewakeDelay is the delay before confirming a failed probe triggered by a closed connection.
+const rewakeDelay = 5 * time.Millisecond
+
 // newProber starts following an instance; prev, if not nil, is the prober it replaces (same
 // instance, new check), whose verdict it keeps.
 func (c *Checker) newProber(u *upstream, chk *check, k discovery.Key, address string, port int, now time.Time, prev *prober) *prober {
 	p := &prober{c: c, up: u, chk: chk, key: k, address: address, port: port,
-		hostport: net.JoinHostPort(address, strconv.Itoa(port)), idx: -1}
+		hostport: net.JoinHostPort(address, strconv.Itoa(port)), idx: -1, w: watchState{life: -1}}
 	if prev != nil {
 		prev.mu.Lock()
 		p.m, p.status, p.stats = prev.m, prev.status, prev.stats
@@ -62,6 +62,9 @@ func (c *Checker) newProber(u *upstream, chk *check, k discovery.Key, address st
 	}
 	if chk.cfg.Kind == KindNone {
 		if p.status.State != Healthy || p.status.Flapping {
+			if p.status.State != Healthy {
+				u.met.changes[causeRegistry].Inc()
+			}
 			p.status = Status{State: Healthy, Since: now, Stats: p.stats}
 			if prev != nil {
 				c.markDirty(p)
@@ -97,12 +100,14 @@ func (p *prober) stop() {
 		conn, gc = p.takeConn(), p.grpc
 		p.grpc = nil
 	}
-	if p.wid != 0 && p.c.watch != nil {
-		p.c.watch.forget(p.wid)
-		p.wid = 0
+	ded := p.unwatch()
+	if p.w.id != 0 {
+		p.c.watch.forget(p.w.id)
+		p.w.id = 0
 	}
 	p.mu.Unlock()
 	closeConn(conn)
+	closeWatch(ded)
 	gc.close()
 }
 
@@ -112,21 +117,6 @@ func (p *prober) takeConn() net.Conn {
 	conn := p.conn
 	p.conn = nil
 	return conn
-}
-
-// keepConn keeps conn until the next probe and watches it for hang-ups; a connection kept again
-// (HTTP keep-alive) is already watched, which costs no system call. Called with mu held.
-func (p *prober) keepConn(conn net.Conn) {
-	p.conn = conn
-	if p.c.watch == nil || conn == p.watched {
-		return
-	}
-	if p.wid == 0 {
-		p.wid = p.c.watch.register(p)
-	}
-	p.wgen++
-	p.watched = conn
-	p.c.watch.watch(conn, p.wid, p.wgen)
 }
 
 // probe runs one probe and handles its result; it runs on its own goroutine.
@@ -139,13 +129,14 @@ func (p *prober) probe(ctx context.Context) {
 	p.inflight = true
 	conn, gc := p.takeConn(), p.grpc
 	p.grpc = nil
-	woken, kept := p.woken, conn != nil || gc != nil
+	woken := p.woken
 	p.woken = false
+	hedge := p.m.Raw() == Healthy
 	p.mu.Unlock()
 
 	startMono := p.c.sched.now()
 	start := time.Now()
-	conn, gc, err := p.run(ctx, start.Add(p.chk.cfg.Timeout), conn, gc)
+	conn, gc, err, fails := p.attempt(ctx, start.Add(p.chk.cfg.Timeout), conn, gc, hedge)
 	end := time.Now()
 
 	p.mu.Lock()
@@ -156,18 +147,7 @@ func (p *prober) probe(ctx context.Context) {
 		gc.close()
 		return
 	}
-	p.grpc = gc
-	if conn != nil {
-		p.keepConn(conn)
-	} else {
-		p.watched = nil
-	}
-	switch {
-	case woken && err == nil:
-		p.benign = true // the close was the instance's habit, not a crash
-	case kept && err == nil:
-		p.benign = false // connections live from probe to probe again
-	}
+	p.grpc, p.conn = gc, conn
 	p.stats.Record(end, end.Sub(start), err)
 	if err == nil {
 		p.up.met.ok.Inc()
@@ -176,13 +156,26 @@ func (p *prober) probe(ctx context.Context) {
 	}
 	p.up.met.duration.Observe(end.Sub(start).Seconds())
 	edge := p.m.Disagrees(err == nil) || p.edge
-	p.observe(end, err)
+	cause := causeProbe
+	if woken {
+		cause = causeWatch
+	}
+	if definitive(err) {
+		fails = max(fails, p.chk.th.Unhealthy)
+	}
+	p.observeBy(end, err, cause, fails)
+	now := p.c.sched.now()
+	openDed, drop := p.afterProbe(now, woken, err == nil)
 	cfg := &p.chk.cfg
 	var due int64
-	now := p.c.sched.now()
 	switch {
 	case p.wake:
 		due = now
+		p.woken = true
+	case edge && woken && err != nil && p.status.State == Healthy:
+		// The instance closed the watched connection and the probe failed: perhaps it is going
+		// down and its listener not yet closed (a connection accepted, then reset). Confirm soon.
+		due = now + int64(min(cfg.EdgeInterval, rewakeDelay))
 	case edge: // counted from the end: a probe that timed out is not followed by another at once
 		due = now + int64(cfg.EdgeInterval)
 	default:
@@ -191,6 +184,10 @@ func (p *prober) probe(ctx context.Context) {
 	p.wake, p.edge = false, false
 	p.c.sched.add(p, max(due, now))
 	p.mu.Unlock()
+	closeWatch(drop)
+	if openDed {
+		p.openDedicated(ctx)
+	}
 }
 
 // reportFailure counts a passive failure as a failed probe.
@@ -242,7 +239,15 @@ func (p *prober) reportPassive(err error, count bool) bool {
 
 // observe feeds a result to the state machine and queues the status if it changed. Called with mu held.
 func (p *prober) observe(now time.Time, err error) {
-	p.m.Observe(now, err == nil, p.chk.th)
+	p.observeBy(now, err, causePassive, 1)
+}
+
+// observeBy feeds n equal results, each err, to the state machine and queues the status if it
+// changed; cause is what triggered the result. Called with mu held.
+func (p *prober) observeBy(now time.Time, err error, cause cause, n int) {
+	for range max(n, 1) {
+		p.m.Observe(now, err == nil, p.chk.th)
+	}
 	st := p.status
 	st.State, st.Flapping = p.m.State(), p.m.Flapping()
 	switch {
@@ -258,6 +263,8 @@ func (p *prober) observe(now time.Time, err error) {
 	}
 	if st.State != p.status.State {
 		st.Since = now
+		p.changed = now
+		p.up.met.changes[cause].Inc()
 		level := slog.LevelInfo
 		if p.status.State == Unknown {
 			level = slog.LevelDebug // a first verdict
@@ -275,53 +282,11 @@ func (p *prober) observe(now time.Time, err error) {
 	p.c.markDirty(p)
 }
 
-// closed is called when the instance closed or reset the kept connection of watch generation gen:
-// perhaps it crashed, so probe at once. If that probe passes, the instance merely closes idle
-// connections: its closes trigger no probe until a connection lives from one probe to the next.
-func (p *prober) closed(gen uint32) {
+// takeChange returns when a probe result last changed the state, if the sink has not had it yet.
+func (p *prober) takeChange() time.Time {
 	p.mu.Lock()
-	if p.stopped || p.inflight || gen != p.wgen || p.conn == nil || p.conn != p.watched {
-		p.mu.Unlock()
-		return
-	}
-	conn := p.takeConn()
-	p.watched = nil
-	p.wakeLocked()
-	p.mu.Unlock()
-	closeConn(conn)
-}
-
-// grpcClosed is called when the transport of gc ended without our asking.
-func (p *prober) grpcClosed(gc *grpcConn) {
-	p.mu.Lock()
-	if p.stopped || p.grpc != gc {
-		p.mu.Unlock()
-		return
-	}
-	p.grpc = nil
-	p.wakeLocked()
-	p.c.probes.Add(1) // under mu, before a stop can mark the prober stopped and Run can Wait
-	p.mu.Unlock()
-	go func() { // not on the transport's own reader goroutine
-		defer p.c.probes.Done()
-		gc.close()
-	}()
-}
-
-// wakeLocked probes at once after a closed connection, unless the instance is known to close idle
-// connections, and at most once per interval. Called with mu held.
-func (p *prober) wakeLocked() {
-	p.up.met.closed.Inc()
-	now := p.c.sched.now()
-	if p.benign || p.lastWake != 0 && now-p.lastWake < int64(p.chk.cfg.Interval) {
-		return
-	}
-	p.lastWake = now
-	if p.inflight {
-		p.wake = true
-		return
-	}
-	if p.c.sched.advance(p, now) {
-		p.woken = true
-	}
+	defer p.mu.Unlock()
+	at := p.changed
+	p.changed = time.Time{}
+	return at
 }
