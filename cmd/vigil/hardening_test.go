@@ -138,14 +138,17 @@ func TestSignalsDuringStart(t *testing.T) {
 				}
 			}
 			if sig == syscall.SIGHUP {
-				wait("SIGHUP during start-up")
-				go func() { // the reload reads the FIFO again
+				// Delivery is asynchronous: the SIGHUP is queued during start-up or arrives just
+				// after it; either way it is one reload, which reads the FIFO again once the
+				// first read is done.
+				wait("vigil: starting")
+				go func() {
 					open()
 					w := <-opened
 					w.WriteString(yml)
 					w.Close()
 				}()
-				wait("configuration reloaded") // the queued reload, once running
+				wait("configuration reloaded")
 				cmd.Process.Signal(syscall.SIGTERM)
 			} else {
 				// Delivery is asynchronous: vigil stops before start or just after, never killed.
