@@ -85,23 +85,8 @@ var _ consul.StatusSource = (*localStatus)(nil)
 // trackedTable adapts the table to what the Consul discovery's change-to-table tracking reads.
 type trackedTable struct{ t *table.Table }
 
-func (t trackedTable) View() consul.TableView               { return snapshotView{t.t.Snapshot()} }
+func (t trackedTable) View() consul.TableView               { return t.t.Snapshot() }
 func (t trackedTable) Subscribe() (<-chan struct{}, func()) { return t.t.Subscribe() }
-
-type snapshotView struct{ s *table.Snapshot }
-
-// Instances implements consul.TableView.
-func (v snapshotView) Instances(upstream string) ([]discovery.Instance, bool) {
-	u := v.s.Lookup(upstream)
-	if u == nil {
-		return nil, false
-	}
-	ins := make([]discovery.Instance, len(u.Instances))
-	for i := range u.Instances {
-		ins[i] = u.Instances[i].Instance
-	}
-	return ins, true
-}
 
 var _ consul.Table = trackedTable{}
 

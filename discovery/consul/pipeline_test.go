@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 
 	"github.com/vigil-sidecar/vigil/discovery"
 	"github.com/vigil-sidecar/vigil/discovery/consul"
@@ -102,68 +101,11 @@ func (p *pipeline) waitServed(t testing.TB, timeout time.Duration, upstream stri
 // counter sums the values of a metric family whose labels match.
 func (p *pipeline) metric(t testing.TB, name string, labels map[string]string) float64 {
 	t.Helper()
-	return gather(t, p.reg, name, labels)
-}
-
-func gather(t testing.TB, g prometheus.Gatherer, name string, labels map[string]string) float64 {
-	t.Helper()
-	mfs, err := g.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	sum := 0.0
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			if !matches(m, labels) {
-				continue
-			}
-			switch {
-			case m.Counter != nil:
-				sum += m.Counter.GetValue()
-			case m.Gauge != nil:
-				sum += m.Gauge.GetValue()
-			case m.Histogram != nil:
-				sum += float64(m.Histogram.GetSampleCount())
-			}
-		}
-	}
-	return sum
-}
-
-func matches(m *dto.Metric, labels map[string]string) bool {
-	for k, v := range labels {
-		found := false
-		for _, l := range m.GetLabel() {
-			if l.GetName() == k && l.GetValue() == v {
-				found = true
-			}
-		}
-		if !found {
-			return false
-		}
-	}
-	return true
+	return testutil.Metric(t, p.reg, name, labels)
 }
 
 // trackedTable adapts the table to consul.Table, as cmd/vigil does.
 type trackedTable struct{ t *table.Table }
 
-func (t trackedTable) View() consul.TableView               { return snapshotView{t.t.Snapshot()} }
+func (t trackedTable) View() consul.TableView               { return t.t.Snapshot() }
 func (t trackedTable) Subscribe() (<-chan struct{}, func()) { return t.t.Subscribe() }
-
-type snapshotView struct{ s *table.Snapshot }
-
-func (v snapshotView) Instances(upstream string) ([]discovery.Instance, bool) {
-	u := v.s.Lookup(upstream)
-	if u == nil {
-		return nil, false
-	}
-	ins := make([]discovery.Instance, len(u.Instances))
-	for i := range u.Instances {
-		ins[i] = u.Instances[i].Instance
-	}
-	return ins, true
-}

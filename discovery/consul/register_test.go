@@ -135,7 +135,7 @@ func TestRegistration(t *testing.T) {
 	fc.set(true)
 	waitStatus(api.HealthPassing)
 	waitDNS("127.0.0.1")
-	if v := gather(t, reg, "vigil_consul_registration_status", map[string]string{"status": "passing"}); v != 1 {
+	if v := testutil.Metric(t, reg, "vigil_consul_registration_status", map[string]string{"status": "passing"}); v != 1 {
 		t.Errorf("registration_status{passing} = %v", v)
 	}
 
@@ -152,12 +152,12 @@ func TestRegistration(t *testing.T) {
 	waitStatus(api.HealthPassing)
 
 	t.Run("agent lost it", func(t *testing.T) {
-		before := gather(t, reg, "vigil_consul_registrations_total", nil)
+		before := testutil.Metric(t, reg, "vigil_consul_registrations_total", nil)
 		if err := c.Agent().ServiceDeregister(r.ID()); err != nil {
 			t.Fatal(err)
 		}
 		waitStatus(api.HealthPassing)
-		if after := gather(t, reg, "vigil_consul_registrations_total", nil); after != before+1 {
+		if after := testutil.Metric(t, reg, "vigil_consul_registrations_total", nil); after != before+1 {
 			t.Errorf("registrations %v -> %v, want one more", before, after)
 		}
 	})

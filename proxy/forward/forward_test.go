@@ -9,48 +9,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/vigil-sidecar/vigil/discovery"
 	"github.com/vigil-sidecar/vigil/internal/testutil"
 	"github.com/vigil-sidecar/vigil/proxy/forward"
 	"github.com/vigil-sidecar/vigil/proxy/health"
 	"github.com/vigil-sidecar/vigil/proxy/table"
 )
-
-// metric sums the samples of name whose labels include want.
-func metric(t testing.TB, g prometheus.Gatherer, name string, want map[string]string) float64 {
-	t.Helper()
-	mfs, err := g.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	sum := 0.0
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	next:
-		for _, m := range mf.Metric {
-			for k, v := range want {
-				found := false
-				for _, lp := range m.Label {
-					found = found || lp.GetName() == k && lp.GetValue() == v
-				}
-				if !found {
-					continue next
-				}
-			}
-			switch {
-			case m.Counter != nil:
-				sum += m.Counter.GetValue()
-			case m.Gauge != nil:
-				sum += m.Gauge.GetValue()
-			}
-		}
-	}
-	return sum
-}
 
 // A SIGKILL-like death of one instance while a client opens connections in a bounded loop: no
 // client connection fails, the dead instance is unhealthy at once by the passive signal (long
@@ -112,10 +76,10 @@ func TestKillNoClientFails(t *testing.T) {
 	}
 	// Refused connects are counted only when a dial reached the dead instance before the table
 	// dropped it (the health watch may get there first): logged, not asserted.
-	t.Logf("%g refused connects counted", metric(t, x.reg, "vigil_forward_connect_failures_total", map[string]string{"reason": "refused"}))
+	t.Logf("%g refused connects counted", testutil.Metric(t, x.reg, "vigil_forward_connect_failures_total", map[string]string{"reason": "refused"}))
 	// The passive signal and the immediate probe race to mark the instance: at most one ejection
 	// is passive (0 when the probe it triggered got there first).
-	if n := metric(t, x.reg, "vigil_forward_passive_ejections_total", nil); n > 1 {
+	if n := testutil.Metric(t, x.reg, "vigil_forward_passive_ejections_total", nil); n > 1 {
 		t.Errorf("%g passive ejections, want at most 1", n)
 	}
 
@@ -229,7 +193,7 @@ func TestIdleTimeout(t *testing.T) {
 		t.Fatal("the flooding client is still writing")
 	}
 	testutil.Eventually(t, 10*time.Second, 5*time.Millisecond, func() bool {
-		return metric(t, x.reg, "vigil_forward_connections_active", nil) == 0
+		return testutil.Metric(t, x.reg, "vigil_forward_connections_active", nil) == 0
 	}, "no connection left open")
 }
 
@@ -258,14 +222,14 @@ func TestConnectionLimit(t *testing.T) {
 		waitClosed(t, extra, 10*time.Second)
 	}
 	testutil.Eventually(t, 10*time.Second, 5*time.Millisecond, func() bool {
-		return metric(t, x.reg, "vigil_forward_refused_connections_total", map[string]string{"reason": "limit"}) >= 1
+		return testutil.Metric(t, x.reg, "vigil_forward_refused_connections_total", map[string]string{"reason": "limit"}) >= 1
 	}, "the excess connection to be refused")
-	if n := metric(t, x.reg, "vigil_forward_refused_connections_total", map[string]string{"reason": "limit"}); n != 1 {
+	if n := testutil.Metric(t, x.reg, "vigil_forward_refused_connections_total", map[string]string{"reason": "limit"}); n != 1 {
 		t.Errorf("%g refused at the limit, want 1", n)
 	}
 	open[0].Close()
 	testutil.Eventually(t, 10*time.Second, 5*time.Millisecond, func() bool {
-		return metric(t, x.reg, "vigil_forward_connections_active", nil) == 1
+		return testutil.Metric(t, x.reg, "vigil_forward_connections_active", nil) == 1
 	}, "the closed connection to end")
 	if err := roundTrip(x.addr, "room again"); err != nil {
 		t.Fatal(err)
@@ -304,7 +268,7 @@ func TestDrainOnRemoval(t *testing.T) {
 	}
 	waitClosed(t, c, 10*time.Second)
 	testutil.Eventually(t, 10*time.Second, 5*time.Millisecond, func() bool {
-		return metric(t, x.reg, "vigil_forward_drained_connections_total", nil) == 1
+		return testutil.Metric(t, x.reg, "vigil_forward_drained_connections_total", nil) == 1
 	}, "one drained connection counted")
 }
 
@@ -344,7 +308,7 @@ func TestDrainOnShutdown(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("Run did not return after the drain")
 	}
-	if n := metric(t, x.reg, "vigil_forward_drained_connections_total", nil); n != 1 {
+	if n := testutil.Metric(t, x.reg, "vigil_forward_drained_connections_total", nil); n != 1 {
 		t.Errorf("%g drained, want 1", n)
 	}
 }
@@ -364,10 +328,10 @@ func TestAllDown(t *testing.T) {
 	defer c.Close()
 	waitClosed(t, c, 10*time.Second)
 	// two instances: two attempts (each instance once), one retry.
-	if n := metric(t, x.reg, "vigil_forward_connect_failures_total", nil); n != 2 {
+	if n := testutil.Metric(t, x.reg, "vigil_forward_connect_failures_total", nil); n != 2 {
 		t.Errorf("%g connect failures, want 2", n)
 	}
-	if n := metric(t, x.reg, "vigil_forward_retries_total", nil); n != 1 {
+	if n := testutil.Metric(t, x.reg, "vigil_forward_retries_total", nil); n != 1 {
 		t.Errorf("%g retries, want 1", n)
 	}
 }

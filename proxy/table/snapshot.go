@@ -106,6 +106,20 @@ func (s *Snapshot) Lookup(name string) *Upstream {
 	return s.Upstreams[name]
 }
 
+// Instances returns the instances of the named upstream as discovery knows them, and whether
+// the upstream is in the snapshot.
+func (s *Snapshot) Instances(upstream string) ([]discovery.Instance, bool) {
+	u := s.Lookup(upstream)
+	if u == nil {
+		return nil, false
+	}
+	ins := make([]discovery.Instance, len(u.Instances))
+	for i := range u.Instances {
+		ins[i] = u.Instances[i].Instance
+	}
+	return ins, true
+}
+
 // build computes one upstream from its membership, the checker's statuses and the policy.
 // It is a pure function: every frontend's policy comes from here.
 func build(mem *discovery.Upstream, statuses map[discovery.Key]health.Status, p Policy, zone string, version uint64) *Upstream {
