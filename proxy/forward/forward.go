@@ -194,10 +194,9 @@ func (f *Forwarder) drained(b *backend) {
 		ss = append(ss, s)
 	}
 	f.mu.Unlock()
+	drained := f.met.drained.WithLabelValues(b.key.Upstream)
 	for _, s := range ss {
-		if s.close() {
-			f.met.drained.WithLabelValues(b.key.Upstream).Inc()
-		}
+		s.close(drained)
 	}
 }
 

@@ -91,7 +91,7 @@ func (l *listener) handle(c net.Conn) {
 	}
 	s := &session{l: l, b: b, c: cc, bc: bc}
 	if !f.register(s) {
-		s.close()
+		s.close(nil)
 		f.release(b)
 		return
 	}
@@ -178,11 +178,8 @@ func (f *Forwarder) pick(u *table.Upstream, tried []string) (*backend, string) {
 	defer f.mu.Unlock()
 	best := cands[0]
 	if len(cands) > 1 {
-		a := draw(cands, total)
-		b := draw(cands, total)
-		for i := 0; b == a && i < 4; i++ {
-			b = draw(cands, total)
-		}
+		a := draw(cands, total, nil)
+		b := draw(cands, total-weight(a), a) // two distinct choices
 		best = a
 		// a's load is active/weight: compare across without division.
 		if f.load(u.Name, b)*weight(a) < f.load(u.Name, a)*weight(b) {
@@ -212,9 +209,14 @@ func (f *Forwarder) load(upstream string, in *table.Instance) int {
 	return 0
 }
 
-func draw(cands []*table.Instance, total int) *table.Instance {
+// draw picks an instance of cands at random by weight, skipping except; total is the sum of
+// the weights of the others.
+func draw(cands []*table.Instance, total int, except *table.Instance) *table.Instance {
 	n := rand.IntN(total)
 	for _, in := range cands {
+		if in == except {
+			continue
+		}
 		if n -= weight(in); n < 0 {
 			return in
 		}

@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vigil-sidecar/vigil/proxy/table"
 )
 
@@ -73,23 +74,23 @@ func (l *listener) drained() {
 		ss = append(ss, s)
 	}
 	l.f.mu.Unlock()
+	drained := l.f.met.drained.WithLabelValues(l.name)
 	for _, s := range ss {
-		if s.close() {
-			l.f.met.drained.WithLabelValues(l.name).Inc()
-		}
+		s.close(drained)
 	}
 }
 
-// close closes both connections; it reports whether this call closed them.
-func (s *session) close() bool {
-	did := false
+// close closes both connections, once; the first call counts the close on counted (nil for
+// none) before the connections close, so that the count is in before the session ends.
+func (s *session) close(counted prometheus.Counter) {
 	s.closed.Do(func() {
-		did = true
+		if counted != nil {
+			counted.Inc()
+		}
 		s.shut.Store(true)
 		s.c.Close()
 		s.bc.Close()
 	})
-	return did
 }
 
 // run copies both ways until both directions ended, then closes both connections.
@@ -103,7 +104,7 @@ func (s *session) run() {
 	}()
 	s.pipe(s.c, s.bc, bytes.WithLabelValues(s.l.name, "to_client").Add)
 	<-done
-	s.close()
+	s.close(nil)
 }
 
 // pipe copies src to dst with the kernel's splice, chunk by chunk so that the idle deadlines
@@ -131,13 +132,13 @@ func (s *session) pipe(dst, src *net.TCPConn, count func(float64)) {
 			if n > 0 || time.Since(time.Unix(0, s.last.Load())) < idle {
 				continue // the other direction is busy
 			}
-			s.close()
+			s.close(nil)
 			return
 		default:
 			if !s.shut.Load() {
 				s.c.SetLinger(0) // pass a reset on to the client
 			}
-			s.close()
+			s.close(nil)
 			return
 		}
 	}
