@@ -260,14 +260,7 @@ func BenchmarkDNSPerf(b *testing.B) {
 	secs, rounds := benchEnv("VIGIL_DNSPERF_SECONDS", 10), benchEnv("VIGIL_DNSPERF_ROUNDS", 3)
 	dir := b.TempDir()
 
-	qfile := filepath.Join(dir, "queries")
-	var q strings.Builder
-	for _, s := range benchServices {
-		fmt.Fprintf(&q, "%s.service.consul A\n%s.service.consul SRV\n", s, s)
-	}
-	if err := os.WriteFile(qfile, []byte(q.String()), 0o644); err != nil {
-		b.Fatal(err)
-	}
+	qfile := writeQueries(b, dir)
 
 	self, err := os.Executable()
 	if err != nil {
@@ -331,14 +324,8 @@ func BenchmarkDNSPerf(b *testing.B) {
 	}
 }
 
-// BenchmarkDNSPerfRRL measures what response-rate limiting costs per query: dnsperf against two
-// vigil subprocesses, one as shipped (loopback clients are trusted: no limit) and one whose
-// clients are all outside allow_recursion (every query takes a token from its network's
-// bucket, none is refused), interleaved round by round; medians of QPS and server CPU per query.
-func BenchmarkDNSPerfRRL(b *testing.B) {
-	perf := testutil.Need(b, "dnsperf")
-	secs, rounds := benchEnv("VIGIL_DNSPERF_SECONDS", 5), benchEnv("VIGIL_DNSPERF_ROUNDS", 5)
-	dir := b.TempDir()
+// writeQueries writes dnsperf's query file (A and SRV of every bench service) into dir.
+func writeQueries(b *testing.B, dir string) string {
 	qfile := filepath.Join(dir, "queries")
 	var q strings.Builder
 	for _, s := range benchServices {
@@ -347,6 +334,18 @@ func BenchmarkDNSPerfRRL(b *testing.B) {
 	if err := os.WriteFile(qfile, []byte(q.String()), 0o644); err != nil {
 		b.Fatal(err)
 	}
+	return qfile
+}
+
+// BenchmarkDNSPerfRRL measures what response-rate limiting costs per query: dnsperf against two
+// vigil subprocesses, one as shipped (loopback clients are trusted: no limit) and one whose
+// clients are all outside allow_recursion (every query takes a token from its network's
+// bucket, none is refused), interleaved round by round; medians of QPS and server CPU per query.
+func BenchmarkDNSPerfRRL(b *testing.B) {
+	perf := testutil.Need(b, "dnsperf")
+	secs, rounds := benchEnv("VIGIL_DNSPERF_SECONDS", 5), benchEnv("VIGIL_DNSPERF_ROUNDS", 5)
+	dir := b.TempDir()
+	qfile := writeQueries(b, dir)
 	self, err := os.Executable()
 	if err != nil {
 		b.Fatal(err)
