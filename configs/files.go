@@ -14,7 +14,7 @@ import (
 )
 
 // Load parses data as Parse does and also checks every file the configuration names (CA
-// bundles, certificates and keys, the Consul token file, the directory of xds.version_file),
+// bundles, certificates and keys, the Consul and admin token files, the directory of xds.version_file),
 // so that what `vigil run` would refuse, `vigil validate` and a reload refuse too. Every
 // problem is reported, the parse errors first.
 func Load(data []byte) (*Config, error) { return parse(data, true) }
@@ -49,6 +49,11 @@ func (c *Config) CheckFiles() error {
 			if err := tlsutil.CheckFile(f); err != nil {
 				errs.Addf("consul.token_file", "%v", err)
 			}
+		}
+	}
+	if f := c.Admin.TokenFile; f != "" {
+		if err := tlsutil.CheckFile(f); err != nil {
+			errs.Addf("admin.token_file", "%v", err)
 		}
 	}
 	if c.XDS.Listen != "" {

@@ -19,6 +19,7 @@ func TestLoadChecksFiles(t *testing.T) {
 	notPEM := filepath.Join(dir, "not.pem")
 	os.WriteFile(notPEM, []byte("not a certificate\n"), 0o600)
 	yml := fmt.Sprintf(`
+admin: {token_file: %[1]s.admin-token}
 consul:
   enabled: true
   scheme: https
@@ -45,7 +46,7 @@ upstreams:
 		paths = append(paths, p)
 	}
 	want := []string{"upstreams[0].check.tls.ca_file", "consul.tls.ca_file", "consul.tls", "consul.token_file",
-		"xds.tls", "xds.tls.client_ca_file", "xds.version_file"}
+		"admin.token_file", "xds.tls", "xds.tls.client_ca_file", "xds.version_file"}
 	if !slices.Equal(paths, want) {
 		t.Errorf("errors for fields %q, want %q:\n%v", paths, want, err)
 	}

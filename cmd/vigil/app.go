@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -34,10 +35,13 @@ type app struct {
 	consul  *consulParts // nil when consul is off
 	xds     *xds.Server
 	dns     *dns.Server // nil when dns.listen is ""
+	ctl     *control    // the admin API's runtime control (control.go)
 
 	demo   bool                            // serve demo instances too
 	reload func() (*configs.Config, error) // reads the configuration again on SIGHUP
 	hup    <-chan os.Signal
+	// reloadMu serializes reloads (SIGHUP, POST /v1/reload).
+	reloadMu sync.Mutex
 	// onAdmin, if set, receives the admin server's bound address.
 	onAdmin func(net.Addr)
 }
@@ -73,6 +77,9 @@ func newApp(cfg *configs.Config, log *slog.Logger) (*app, error) {
 		return nil, fmt.Errorf("health: %w", err)
 	}
 	a.admin = admin.New(cfg.Admin, a.table, a.reg, log)
+	if err := a.setupControl(); err != nil {
+		return nil, err
+	}
 	if cfg.DNS.Listen != "" {
 		if a.dns, err = dns.New(cfg.DNSConfig(), a.table, a.reg, log.With("part", "dns")); err != nil {
 			return nil, err
@@ -115,19 +122,18 @@ func (a *app) watchReload(ctx context.Context) {
 			return
 		case <-a.hup:
 		}
-		cfg, err := a.reload()
-		if err != nil {
+		if _, err := a.reloadConfig(); err != nil {
 			a.log.Error("vigil: reload refused, keeping the running configuration", "err", err)
-			continue
 		}
-		a.apply(cfg)
 	}
 }
 
-// apply switches the running parts to cfg (listen addresses and logging need a restart).
-func (a *app) apply(cfg *configs.Config) {
+// apply switches the running parts to cfg (listen addresses and logging need a restart); it
+// returns the changed settings that it kept as running.
+func (a *app) apply(cfg *configs.Config) []string {
 	cfg.Node.Name = a.cfg.Node.Name
-	if fields := keepRestartOnly(a.cfg, cfg); len(fields) > 0 {
+	fields := keepRestartOnly(a.cfg, cfg)
+	if len(fields) > 0 {
 		a.log.Warn("vigil: reload: changed settings take effect only at the next start; running with the old ones", "settings", fields)
 	}
 	a.table.SetConfig(cfg.TableConfig())
@@ -143,6 +149,7 @@ func (a *app) apply(cfg *configs.Config) {
 	a.consul.apply(cfg)
 	a.cfg = cfg
 	a.log.Info("vigil: configuration reloaded", "upstreams", len(cfg.Upstreams))
+	return fields
 }
 
 // drain takes the local service out of Consul (when registered) before the parts stop.

@@ -2,9 +2,7 @@
 package consul
 
 import (
-	"encoding/json"
 	"fmt"
-	"log/slog"
 	"net"
 	"os"
 	"regexp"
@@ -13,35 +11,11 @@ import (
 	"time"
 
 	"github.com/vigil-sidecar/vigil/internal/field"
+	"github.com/vigil-sidecar/vigil/internal/secret"
 )
 
-// Secret is a string that never prints its value: not with fmt, not as JSON, not in logs.
-type Secret string
-
-const redacted = "<redacted>"
-
-// String returns a placeholder, never the value.
-func (s Secret) String() string {
-	if s == "" {
-		return ""
-	}
-	return redacted
-}
-
-// GoString keeps %#v from printing the value.
-func (s Secret) GoString() string { return strconv.Quote(s.String()) }
-
-// MarshalJSON encodes a placeholder, never the value.
-func (s Secret) MarshalJSON() ([]byte, error) { return json.Marshal(s.String()) }
-
-// MarshalText encodes a placeholder, never the value (also used by YAML and slog's text handler).
-func (s Secret) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
-
-// LogValue logs a placeholder, never the value.
-func (s Secret) LogValue() slog.Value { return slog.StringValue(s.String()) }
-
-// Reveal returns the value itself; call it only where the value is sent to Consul.
-func (s Secret) Reveal() string { return string(s) }
+// Secret is a string that never prints its value (the ACL token).
+type Secret = secret.Secret
 
 // TLS configures TLS to the Consul agent.
 type TLS struct {

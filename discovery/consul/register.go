@@ -58,6 +58,7 @@ type Registration struct {
 	mu          sync.Mutex
 	draining    bool               // set once by Drain; Run no longer writes after it
 	cancelWrite context.CancelFunc // ends the write in flight, so that Drain need not wait for it
+	maint       maintState         // the operator's maintenance (maint.go)
 
 	// write is a 1-slot lock that serializes writes to the agent, so that a heartbeat cannot
 	// undo a drain; a channel, so that Drain can stop waiting for it when its ctx ends.
@@ -179,7 +180,7 @@ func (r *Registration) update(ctx context.Context) error {
 	err := r.o.Client.Agent().UpdateTTLOpts(r.checkID, output, status, (&api.QueryOptions{}).WithContext(ctx))
 	if err == nil {
 		r.setStatus(status)
-		return nil
+		return r.writeMaint(ctx)
 	}
 	if r.isDraining() {
 		return nil // the drain interrupted the write
@@ -196,7 +197,10 @@ func (r *Registration) update(ctx context.Context) error {
 		return err
 	}
 	r.setStatus(status)
-	return nil
+	r.mu.Lock()
+	r.maint.dirty = r.maint.dirty || r.maint.on // the agent forgot it with the service
+	r.mu.Unlock()
+	return r.writeMaint(ctx)
 }
 
 // startWrite returns the context of a write to the agent, bounded by writeTimeout and ended by

@@ -30,6 +30,8 @@ type Config struct {
 	// AllowedHosts are the host names, besides IP addresses and localhost, that requests may
 	// name in their Host header, e.g. the node's name for remote scraping (default: none).
 	AllowedHosts []string `yaml:"allowed_hosts"`
+	// Control configures the runtime control endpoints (control.go).
+	Control `yaml:",inline"`
 }
 
 // Validate checks c.
@@ -60,6 +62,7 @@ type Server struct {
 	gather  prometheus.Gatherer
 	log     *slog.Logger
 	handler http.Handler
+	ctl     controlPtr // nil: control endpoints off
 	// OnListen, if set, is called with the bound address before serving (tests listen on :0).
 	OnListen func(net.Addr)
 }
@@ -81,6 +84,7 @@ func New(cfg Config, t Snapshotter, g prometheus.Gatherer, log *slog.Logger) *Se
 	mux.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelError)}))
 	mux.HandleFunc("GET /v1/upstreams", s.upstreams)
 	mux.HandleFunc("GET /v1/upstreams/{name}", s.upstream)
+	s.controlRoutes(mux)
 	hosts := cfg.AllowedHosts
 	if h, _, err := net.SplitHostPort(cfg.Listen); err == nil {
 		hosts = append([]string{h}, hosts...)

@@ -120,9 +120,10 @@ func (s *Snapshot) Instances(upstream string) ([]discovery.Instance, bool) {
 	return ins, true
 }
 
-// build computes one upstream from its membership, the checker's statuses and the policy.
+// build computes one upstream from its membership, the checker's statuses, the operator's
+// maintenance holds and the policy.
 // It is a pure function: every frontend's policy comes from here.
-func build(mem *discovery.Upstream, statuses map[discovery.Key]health.Status, p Policy, zone string, version uint64) *Upstream {
+func build(mem *discovery.Upstream, statuses map[discovery.Key]health.Status, holds map[string]Hold, p Policy, zone string, version uint64) *Upstream {
 	u := &Upstream{Name: mem.Name, Version: version, Policy: p, Synced: mem.Synced}
 	u.Instances = make([]Instance, len(mem.Instances))
 	for i, di := range mem.Instances {
@@ -131,7 +132,10 @@ func build(mem *discovery.Upstream, statuses map[discovery.Key]health.Status, p 
 		if ok {
 			in.Reason, in.Since, in.Flapping, in.Stats = st.Reason, st.Since, st.Flapping, st.Stats
 		}
+		hold, isHeld := held(holds, di.ID)
 		switch {
+		case isHeld: // an operator's hold overrides source and probe
+			in.State, in.Reason, in.Since, in.Flapping = Draining, holdReason(hold), hold.Since, false
 		case di.Health == discovery.Maintenance: // the source overrides the probe: its details do not apply
 			in.State, in.Reason, in.Since, in.Flapping = Draining, "draining in discovery source", time.Time{}, false
 		case di.Health == discovery.Critical:

@@ -37,6 +37,7 @@ type Table struct {
 	cfg      Config
 	mem      discovery.Membership
 	statuses map[discovery.Key]health.Status
+	holds    map[string]map[string]Hold // upstream -> instance ID ("" for all) -> hold
 	subs     map[chan struct{}]struct{}
 }
 
@@ -106,7 +107,7 @@ func (t *Table) rebuild(only []string) {
 	old := t.cur.Load()
 	next := &Snapshot{Version: old.Version + 1, Upstreams: make(map[string]*Upstream, len(t.mem.Upstreams))}
 	rebuild := func(name string, mu *discovery.Upstream) {
-		u := build(mu, t.statuses, t.cfg.policy(name), t.cfg.Zone, next.Version)
+		u := build(mu, t.statuses, t.holds[name], t.cfg.policy(name), t.cfg.Zone, next.Version)
 		if prev := old.Upstreams[name]; prev != nil && sameUpstream(prev, u) {
 			// Unchanged but for the sync time: keep its version, so that frontends can skip it.
 			c := *prev
