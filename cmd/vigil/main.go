@@ -27,6 +27,8 @@ Usage:
   vigil validate [-config FILE]           check a configuration; list every error
   vigil status   [-addr HOST:PORT] [NAME] show upstreams and instances from a running vigil
   vigil health   [-addr HOST:PORT] [-path /healthz|/readyz]  exit 0 if a running vigil answers 200
+  vigil maint    enable|disable UPSTREAM[/INSTANCE] [-reason TEXT]  (or: list) maintenance, with the admin token
+  vigil reload   [-reason TEXT]           a running vigil reads its configuration again (admin token)
   vigil version                           print the version
 `
 
@@ -60,6 +62,10 @@ func cliSignals(args []string, stdout, stderr io.Writer, sigs chan os.Signal) in
 		return cmdStatus(args[1:], stdout, stderr)
 	case "health":
 		return cmdHealth(args[1:], stdout, stderr)
+	case "maint":
+		return cmdMaint(args[1:], stdout, stderr)
+	case "reload":
+		return cmdReload(args[1:], stdout, stderr)
 	case "version", "-version", "--version":
 		fmt.Fprintf(stdout, "vigil %s %s\n", version, runtime.Version())
 		return 0
