@@ -188,6 +188,18 @@ func endpointHealth(t *testing.T, r *discoveryv3.DeltaDiscoveryResponse) []strin
 	return out
 }
 
+// waitEndpoints reads responses from st (each wait bounded, at most 20) until one renders as want.
+func waitEndpoints(t *testing.T, st discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesClient, want []string) {
+	t.Helper()
+	var got []string
+	for range 20 {
+		if got = endpointHealth(t, nextDelta(t, st)); slices.Equal(got, want) {
+			return
+		}
+	}
+	t.Fatalf("xds endpoints: %q, want %q", got, want)
+}
+
 func servedIDs(a *app, upstream string) []string {
 	var ids []string
 	if u := a.table.Snapshot().Lookup(upstream); u != nil {
@@ -235,15 +247,12 @@ upstreams:
 	r := runApp(t, path)
 	testutil.Eventually(t, 5*time.Second, 10*time.Millisecond, func() bool { return len(servedIDs(r.a, "api")) == 2 }, "both served")
 	dnsAddr := r.dnsAddr(t)
-	if got := srvPorts(t, dnsAddr, "api"); !slices.Equal(got, both) {
-		t.Fatalf("dns before: %v, want %v", got, both)
-	}
+	testutil.Eventually(t, 5*time.Second, 10*time.Millisecond, func() bool { return slices.Equal(srvPorts(t, dnsAddr, "api"), both) },
+		"dns answers both")
 	st := adsDelta(t, r.xdsAddr(t), "api")
 	want := []string{fmt.Sprintf("api %d HEALTHY", pa), fmt.Sprintf("api %d HEALTHY", pb)}
 	slices.Sort(want)
-	if got := endpointHealth(t, nextDelta(t, st)); !slices.Equal(got, want) {
-		t.Fatalf("xds before: %q, want %q", got, want)
-	}
+	waitEndpoints(t, st, want)
 
 	maint := func(args ...string) (int, string, string) {
 		var out, errb bytes.Buffer
@@ -276,7 +285,7 @@ upstreams:
 		"dns omits the instance in maintenance")
 	want = []string{fmt.Sprintf("api %d DRAINING", pa), fmt.Sprintf("api %d HEALTHY", pb)}
 	slices.Sort(want)
-	if got := endpointHealth(t, nextDelta(t, st)); !slices.Equal(got, want) {
+	if got := endpointHealth(t, nextDelta(t, st)); !slices.Equal(got, want) { // the very next push
 		t.Errorf("xds after maint: %q, want %q", got, want)
 	}
 	b, err := os.ReadFile(filepath.Join(dir, "state.maint.json"))
@@ -296,13 +305,10 @@ upstreams:
 		t.Errorf("after restart a is %v, want draining", in.State)
 	}
 	dnsAddr = r.dnsAddr(t)
-	if got := srvPorts(t, dnsAddr, "api"); !slices.Equal(got, []int{pb}) {
-		t.Errorf("dns after restart: %v, want [%d]", got, pb)
-	}
+	testutil.Eventually(t, 5*time.Second, 10*time.Millisecond, func() bool { return slices.Equal(srvPorts(t, dnsAddr, "api"), []int{pb}) },
+		"dns after the restart answers b alone")
 	st = adsDelta(t, r.xdsAddr(t), "api")
-	if got := endpointHealth(t, nextDelta(t, st)); !slices.Equal(got, want) {
-		t.Errorf("xds after restart: %q, want %q", got, want)
-	}
+	waitEndpoints(t, st, want)
 	if code, o, _ := maint("list"); code != 0 || !strings.Contains(o, "api/a") || !strings.Contains(o, "kernel upgrade") {
 		t.Errorf("maint list after restart: exit %d: %s", code, o)
 	}
