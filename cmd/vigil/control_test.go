@@ -309,8 +309,13 @@ upstreams:
 		"dns after the restart answers b alone")
 	st = adsDelta(t, r.xdsAddr(t), "api")
 	waitEndpoints(t, st, want)
-	if code, o, _ := maint("list"); code != 0 || !strings.Contains(o, "api/a") || !strings.Contains(o, "kernel upgrade") {
-		t.Errorf("maint list after restart: exit %d: %s", code, o)
+	// -config: the admin address and token file come from a configuration file.
+	cfgFile := filepath.Join(dir, "client.yaml")
+	writeFile(t, cfgFile, fmt.Sprintf("admin: {listen: %q, token_file: %q}\nallow_empty: true\n", r.addr, tokenFile))
+	out.Reset()
+	if code := cli([]string{"maint", "list", "-config", cfgFile}, &out, &errb); code != 0 || !strings.Contains(out.String(), "api/a") ||
+		!strings.Contains(out.String(), "kernel upgrade") {
+		t.Errorf("maint list after restart: exit %d: %s %s", code, out.String(), errb.String())
 	}
 
 	if code, o, e := maint("disable", "api/a"); code != 0 || !strings.Contains(o, "out of maintenance") {

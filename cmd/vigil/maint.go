@@ -14,14 +14,17 @@ import (
 	"strings"
 	"time"
 
+	"github.com/vigil-sidecar/vigil/configs"
 	"github.com/vigil-sidecar/vigil/proxy/admin"
 )
 
-const maintUsage = "usage: vigil maint enable|disable UPSTREAM[/INSTANCE] [-reason TEXT] [-actor NAME] [-addr HOST:PORT] [-token-file FILE]\n       vigil maint list [-addr HOST:PORT] [-token-file FILE]"
+const maintUsage = "usage: vigil maint enable|disable UPSTREAM[/INSTANCE] [-reason TEXT] [-actor NAME] [-config FILE | -addr HOST:PORT -token-file FILE]\n       vigil maint list [-config FILE | -addr HOST:PORT -token-file FILE]"
 
 // controlFlags are the flags of the commands that call the control endpoints.
 type controlFlags struct {
 	addr, tokenFile, actor, reason *string
+	config                         *string
+	fs                             *flag.FlagSet
 }
 
 func newControlFlags(fs *flag.FlagSet) controlFlags {
@@ -30,7 +33,33 @@ func newControlFlags(fs *flag.FlagSet) controlFlags {
 		tokenFile: fs.String("token-file", "", "file holding the admin token (default: the VIGIL_TOKEN environment variable)"),
 		actor:     fs.String("actor", os.Getenv("USER"), "who asks, for vigil's log (X-Vigil-Actor)"),
 		reason:    fs.String("reason", "", "why, for vigil's log and the maintenance record"),
+		config:    fs.String("config", "", "read -addr (admin.listen) and -token-file (admin.token_file) from this configuration"),
+		fs:        fs,
 	}
+}
+
+// fromConfig fills in -addr and -token-file from -config, unless they are given.
+func (f controlFlags) fromConfig() error {
+	if f.config == nil || *f.config == "" {
+		return nil
+	}
+	b, err := os.ReadFile(*f.config)
+	if err != nil {
+		return err
+	}
+	cfg, err := configs.Parse(b)
+	if err != nil {
+		return fmt.Errorf("%s: %w", *f.config, err)
+	}
+	set := map[string]bool{}
+	f.fs.Visit(func(fl *flag.Flag) { set[fl.Name] = true })
+	if !set["addr"] {
+		*f.addr = cfg.Admin.Listen
+	}
+	if !set["token-file"] && cfg.Admin.TokenFile != "" {
+		*f.tokenFile = cfg.Admin.TokenFile
+	}
+	return nil
 }
 
 // parseInterleaved parses fs from args, allowing flags after the positional arguments.
@@ -50,6 +79,9 @@ func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
 
 // call sends one control request and decodes the JSON answer into out; it returns the status code.
 func (f controlFlags) call(method, path string, out any) (int, error) {
+	if err := f.fromConfig(); err != nil {
+		return 0, err
+	}
 	tok := os.Getenv("VIGIL_TOKEN")
 	if *f.tokenFile != "" {
 		b, err := os.ReadFile(*f.tokenFile)
