@@ -77,7 +77,7 @@ func sameHolds(a, b map[string]Hold) bool {
 		return false
 	}
 	for k, h := range a {
-		if g, ok := b[k]; !ok || g.Reason != h.Reason {
+		if g, ok := b[k]; !ok || g.Reason != h.Reason || !g.Since.Equal(h.Since) {
 			return false
 		}
 	}
