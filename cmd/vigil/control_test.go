@@ -404,3 +404,18 @@ defaults: {check: {interval: 200ms, timeout: 100ms, unhealthy_interval: 200ms}}
 		t.Errorf("vigil reload: exit %d: %s %s", code, out.String(), errb.String())
 	}
 }
+
+// TestEmptyTokenRefused: an empty token file would turn control off unnoticed: vigil refuses to start.
+func TestEmptyTokenRefused(t *testing.T) {
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	writeFile(t, tokenFile, "\n")
+	path := filepath.Join(t.TempDir(), "vigil.yaml")
+	writeFile(t, path, fmt.Sprintf("admin: {listen: \"127.0.0.1:0\", token_file: %q}\nallow_empty: true\n", tokenFile))
+	cfg, err := loadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := newApp(cfg, slog.New(slog.DiscardHandler)); err == nil || !strings.Contains(err.Error(), "admin.token_file") {
+		t.Fatalf("newApp with an empty token file: %v", err)
+	}
+}
