@@ -98,8 +98,9 @@ func (m *model) upAcross(sent time.Time, after time.Duration) bool {
 
 // checkServed checks one observed served set of kind k's upstream, asked at sent: once the
 // window has passed, no dead instance is in it and every live one is (from the grace after
-// vigil's start). An instance that changed after sent is not judged on this answer.
-func (m *model) checkServed(client string, k Kind, served map[string]bool, sent time.Time) {
+// vigil's start). An instance that changed after sent is not judged on this answer. why, if
+// not nil, says why an instance is not served (for the report).
+func (m *model) checkServed(client string, k Kind, served map[string]bool, why map[string]string, sent time.Time) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.vigilReady.IsZero() || !m.vigilReady.Before(sent) {
@@ -120,8 +121,8 @@ func (m *model) checkServed(client string, k Kind, served map[string]bool, sent 
 			m.checks["live instance served ("+client+")"]++
 			if !served[ip] {
 				m.nviolation["live instance dropped"]++
-				m.note("live instance dropped", "%s: %s alive for %s, vigil up %s", client, in.id,
-					sent.Sub(in.since).Round(time.Millisecond), sent.Sub(m.vigilReady).Round(time.Millisecond))
+				m.note("live instance dropped", "%s: %s alive for %s, vigil up %s %s", client, in.id,
+					sent.Sub(in.since).Round(time.Millisecond), sent.Sub(m.vigilReady).Round(time.Millisecond), why[ip])
 			}
 		}
 	}

@@ -73,7 +73,7 @@ func observeDNS(ctx context.Context, m *model, server string, period time.Durati
 				served[a.A.String()] = true
 			}
 		}
-		m.checkServed("dns", k, served, sent)
+		m.checkServed("dns", k, served, nil, sent)
 	})
 }
 
@@ -91,6 +91,9 @@ type adminUpstreams struct {
 		Instances []struct {
 			Address string `json:"address"`
 			Served  bool   `json:"served"`
+			State   string `json:"state"`
+			Reason  string `json:"reason"`
+			Health  string `json:"health"`
 		} `json:"instances"`
 	} `json:"upstreams"`
 }
@@ -119,13 +122,15 @@ func observeAdmin(ctx context.Context, m *model, addr string, period time.Durati
 				if u.Name != k.Upstream() {
 					continue
 				}
-				served := map[string]bool{}
+				served, why := map[string]bool{}, map[string]string{}
 				for _, in := range u.Instances {
 					if in.Served {
 						served[in.Address] = true
+					} else {
+						why[in.Address] = fmt.Sprintf("(state %s, reason %q, consul %s)", in.State, in.Reason, in.Health)
 					}
 				}
-				m.checkServed("admin", k, served, sent)
+				m.checkServed("admin", k, served, why, sent)
 			}
 		}
 	})
@@ -198,7 +203,7 @@ func edsStream(ctx context.Context, m *model, addr string) error {
 			now := time.Now()
 			for k, v := range last {
 				// Judged as an answer sent now: the view is what the client routes by now.
-				m.checkServed("xds", k, v.healthy, now)
+				m.checkServed("xds", k, v.healthy, nil, now)
 			}
 		})
 	}()
