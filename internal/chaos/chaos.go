@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	mdns "github.com/miekg/dns"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -238,10 +239,24 @@ func (j *injector) startVigil(ctx context.Context) error {
 	if err := j.vigil.start(); err != nil {
 		return err
 	}
-	if err := waitDial(ctx, &j.vigil.proc, j.vigil.admin(), 30*time.Second); err != nil {
-		return err
+	for _, addr := range []string{j.vigil.admin(), j.vigil.xds(), j.vigil.dns()} {
+		if err := waitDial(ctx, &j.vigil.proc, addr, 30*time.Second); err != nil {
+			return err
+		}
 	}
-	// DNS and xDS listen before the admin API; all three answer from here on.
+	// DNS answers on UDP too (its TCP listener may open first).
+	c := &mdns.Client{Net: "udp", Timeout: 100 * time.Millisecond}
+	q := new(mdns.Msg)
+	q.SetQuestion("consul.", mdns.TypeSOA)
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		if _, _, err := c.ExchangeContext(ctx, q, j.vigil.dns()); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("chaos: vigil's DNS does not answer on UDP (log %s)", j.vigil.logf)
+		}
+	}
+	// Every listener answers from here on: vigil is up.
 	j.m.setVigilReady(true)
 	return nil
 }
