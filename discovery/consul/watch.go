@@ -75,9 +75,10 @@ func (w *watcher) run(ctx context.Context, events chan<- event) {
 	w.mu.Unlock()
 	var (
 		index      uint64
+		highest    uint64 // index of the last answer accepted (kept across failures)
 		lastStart  time.Time
 		failures   int
-		consistent bool // repeat against the leader: the stale answer was too old
+		consistent bool // ask the leader, consistently: the stale answer was too old, or Consul failed
 		last       []discovery.Instance
 		first      = true
 	)
@@ -101,7 +102,10 @@ func (w *watcher) run(ctx context.Context, events chan<- event) {
 		}
 		if err != nil {
 			failures++
-			consistent = false
+			// The first answer after a failure is a consistent read: a Consul server that has
+			// just restarted answers stale reads from whatever it has applied so far, which may
+			// be an empty catalog, until it has caught up with the leader.
+			consistent = true
 			// Read afresh once it answers again: Consul may have restarted with lower indexes,
 			// and a blocking query on the old one could wait a whole wait_time.
 			index = 0
@@ -128,12 +132,17 @@ func (w *watcher) run(ctx context.Context, events chan<- event) {
 			}
 			continue
 		}
-		if !consistent && w.cfg.AllowStale && w.cfg.MaxStale > 0 && meta.LastContact > w.cfg.MaxStale {
-			w.log.Debug("consul: stale answer too old, asking the leader", "upstream", w.upstream,
-				"datacenter", w.dcLabel(), "last_contact", meta.LastContact)
+		if !consistent && w.cfg.AllowStale && (w.cfg.MaxStale > 0 && meta.LastContact > w.cfg.MaxStale ||
+			!meta.KnownLeader || meta.LastIndex < highest) {
+			// Too old, from a server that knows no leader, or behind what was already seen (a
+			// restarted server catching up): the leader answers instead.
+			w.log.Debug("consul: stale answer not trusted, asking the leader", "upstream", w.upstream,
+				"datacenter", w.dcLabel(), "last_contact", meta.LastContact, "known_leader", meta.KnownLeader,
+				"index", meta.LastIndex, "seen", highest)
 			consistent = true
 			continue
 		}
+		highest = meta.LastIndex
 		consistent = false
 		recovered := failures > 0
 		if recovered {

@@ -1,0 +1,77 @@
+package chaos
+
+import (
+	"context"
+	"os"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/vigil-sidecar/vigil/internal/testutil"
+)
+
+// TestChaos is the chaos run: its short form (about a minute of faults) runs in make test;
+// make chaos runs it for VIGIL_CHAOS_DURATION (and VIGIL_CHAOS_SEED replays a run).
+func TestChaos(t *testing.T) {
+	consul := testutil.Need(t, "consul")
+	testutil.Need(t, "python3")
+	d := 60 * time.Second
+	if s := os.Getenv("VIGIL_CHAOS_DURATION"); s != "" {
+		var err error
+		if d, err = time.ParseDuration(s); err != nil {
+			t.Fatalf("VIGIL_CHAOS_DURATION: %v", err)
+		}
+	} else if testing.Short() {
+		t.Skip("the chaos run takes minutes")
+	}
+	var seed uint64
+	if s := os.Getenv("VIGIL_CHAOS_SEED"); s != "" {
+		var err error
+		if seed, err = strconv.ParseUint(s, 10, 64); err != nil {
+			t.Fatalf("VIGIL_CHAOS_SEED: %v", err)
+		}
+	}
+	// Not t.TempDir: the logs of a failed run are kept for reading.
+	dir, err := os.MkdirTemp("", "vigil-chaos-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if !t.Failed() {
+			os.RemoveAll(dir)
+		}
+	}()
+	// vigil is built with the race detector: a race under faults is a violation too.
+	vigil, err := buildGo(dir, "github.com/vigil-sidecar/vigil/cmd/vigil", "vigil", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	backend, err := buildGo(dir, "github.com/vigil-sidecar/vigil/internal/bench/failover/backend", "backend", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), d+5*time.Minute)
+	defer cancel()
+	r, err := Run(ctx, Config{
+		Dir: dir, Vigil: vigil, Backend: backend, Consul: consul, Duration: d, Seed: seed,
+		Window: 4 * time.Second, Grace: 2 * time.Second, Recovered: 20 * time.Second,
+		Log: t.Logf,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("\n%s", r)
+	if out := os.Getenv("VIGIL_CHAOS_REPORT"); out != "" {
+		if err := os.WriteFile(out, []byte(r.String()), 0o644); err != nil {
+			t.Error(err)
+		}
+	}
+	for _, f := range []string{faultKill, faultHang, faultLeader, faultConsulDown, faultVigilTerm, faultVigilKill, faultVigilNoConsul, faultCorruptState} {
+		if r.Faults[f] == 0 {
+			t.Errorf("no %q injected in %s", f, d)
+		}
+	}
+	if n := r.TotalViolations(); n > 0 {
+		t.Errorf("%d invariant violations (seed %d; replay with VIGIL_CHAOS_SEED=%d); logs kept in %s", n, r.Seed, r.Seed, dir)
+	}
+}
