@@ -80,7 +80,7 @@ func TestSetUpstreams(t *testing.T) {
 	// A new address: new connections there, the old listener closed, the kept connection drains.
 	moved := cfg
 	moved.Listen = "127.0.0.2:0" // another address of the loopback
-	moved.Drain = time.Hour // the settings of the new listener; the old one drains on its own
+	moved.Drain = time.Hour      // the settings of the new listener; the old one drains on its own
 	if err := f.SetUpstreams(map[string]forward.Config{"api": moved}); err != nil {
 		t.Fatal(err)
 	}
