@@ -370,3 +370,34 @@ func TestFirstProbesSpread(t *testing.T) {
 		t.Errorf("last first probe after %s", d)
 	}
 }
+
+// A passive failure that ejects an instance sets its reason ("passive: connect refused"); the
+// active probes it triggers, failing too, keep that reason until the instance is healthy again.
+func TestPassiveReasonKept(t *testing.T) {
+	var failing atomic.Bool
+	srv := httpServer(t, func(w http.ResponseWriter, r *http.Request) {
+		if failing.Load() {
+			w.WriteHeader(500)
+		}
+	})
+	h := start(t, health.Options{Default: fast("http")})
+	k := discovery.Key{Upstream: "api", ID: "a"}
+	h.set(map[string][]discovery.Instance{"api": {instanceOf(t, "a", srv.URL)}})
+	h.wait(k, health.Healthy, 3*time.Second)
+	failing.Store(true)
+	if !h.c.ReportPassive(k, errors.New("passive: connect refused"), 100) {
+		t.Fatal("the passive failure did not eject")
+	}
+	st := h.wait(k, health.Unhealthy, 3*time.Second)
+	probes := st.Stats.Load().Probes
+	testutil.Eventually(t, 5*time.Second, 5*time.Millisecond, func() bool {
+		return st.Stats.Load().Probes >= probes+2 // the immediate probe and the next one failed
+	}, "active probes after the ejection")
+	if st, _ := h.sink.status(k); st.State != health.Unhealthy || st.Reason != "passive: connect refused" {
+		t.Errorf("after failing probes: %s, reason %q; want unhealthy, passive: connect refused", st.State, st.Reason)
+	}
+	failing.Store(false)
+	if st := h.wait(k, health.Healthy, 3*time.Second); st.Reason != "" {
+		t.Errorf("healthy with reason %q", st.Reason)
+	}
+}
