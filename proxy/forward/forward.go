@@ -161,6 +161,7 @@ func (f *Forwarder) SetUpstreams(ups map[string]Config) error {
 		}
 		f.ls[name] = nl
 		if f.running {
+			f.log.Info("forward: listening", "upstream", name, "addr", nl.ln.Addr().String())
 			f.accepting.Go(nl.accept)
 		}
 	}
@@ -185,6 +186,7 @@ func (f *Forwarder) Run(ctx context.Context) error {
 	f.mu.Lock()
 	f.running = true
 	for _, l := range f.ls {
+		f.log.Info("forward: listening", "upstream", l.name, "addr", l.ln.Addr().String())
 		f.accepting.Go(l.accept)
 	}
 	f.mu.Unlock()
