@@ -17,6 +17,7 @@ import (
 
 	"github.com/vigil-sidecar/vigil/configs"
 	"github.com/vigil-sidecar/vigil/internal/testutil"
+	"github.com/vigil-sidecar/vigil/proxy/forward"
 )
 
 // echoServer is a loopback TCP echo server that can die like a SIGKILLed process (listener
@@ -288,5 +289,19 @@ func TestForwardReload(t *testing.T) {
 	applied(4)
 	if v.forward.Addr("api") != nil {
 		t.Error("forward listener left after its block was removed")
+	}
+}
+
+// The local service's reserved upstream never gets a forwarder, even if a configuration
+// carried a forward block under its name.
+func TestForwardsSkipLocal(t *testing.T) {
+	fw := &configs.Config{Upstreams: []configs.Upstream{
+		{Name: "api", Forward: &forward.Config{Listen: "127.0.0.1:0"}},
+		{Name: localUpstream("web"), Forward: &forward.Config{Listen: "127.0.0.1:0"}},
+		{Name: "db"},
+	}}
+	got := forwards(fw)
+	if _, ok := got["api"]; !ok || len(got) != 1 {
+		t.Errorf("forwarded upstreams %v, want only api", got)
 	}
 }
