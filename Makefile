@@ -14,7 +14,7 @@ K8S_SCHEMAS_STAMP   := $(TOOLS)/k8s-schemas/.$(subst /,_,$(K8S_OPENAPI_MODULE))
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: build run test bench bench-failover lint fuzz deps tools clean
+.PHONY: build run test bench bench-failover bench-forward lint fuzz deps tools clean
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/vigil ./cmd/vigil
 
@@ -37,6 +37,11 @@ bench-failover: tools
 	VIGIL_FAILOVER_OUT=$(CURDIR)/docs/failover $(if $(QUICK),VIGIL_FAILOVER_QUICK=1 VIGIL_FAILOVER_OUT=$(CURDIR)/bin/failover-quick) \
 	  $(GO) test -run '^$$' -bench BenchmarkFailover -benchtime 1x -count 1 -timeout 20m -v ./internal/bench/failover/
 
+# vigil's forwarder against HAProxy (mode tcp, leastconn) and a direct connection, on the same
+# loopback backends: 5 interleaved rounds, ~2 minutes. QUICK=1: 3 small rounds, ~30 s.
+bench-forward: deps
+	$(if $(QUICK),VIGIL_FORWARD_QUICK=1) $(GO) test -run '^$$' -bench BenchmarkForward -benchtime 1x -count 1 -timeout 15m -v ./internal/bench/forward/
+
 lint:
 	@test -z "$$(gofmt -l .)" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
 	$(GO) vet ./...
@@ -52,7 +57,8 @@ fuzz:
 	    echo "fuzz $$p $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZETIME) $$p || exit 1; \
 	  done; done
 
-# Debian packages the tests and benchmarks use: dig, dnsperf, promtool, chromium, python3 (a failover backend).
+# Debian packages the tests and benchmarks use: dig, dnsperf, promtool, chromium, python3 (a failover backend),
+# haproxy and strace (the forwarder benchmark).
 APT_PKGS :=
 ifeq ($(shell command -v python3),)
 APT_PKGS += python3
@@ -68,6 +74,12 @@ APT_PKGS += prometheus
 endif
 ifeq ($(shell command -v chromium),)
 APT_PKGS += chromium
+endif
+ifeq ($(shell command -v haproxy),)
+APT_PKGS += haproxy
+endif
+ifeq ($(shell command -v strace),)
+APT_PKGS += strace
 endif
 ifeq ($(shell command -v systemd-analyze),)
 APT_PKGS += systemd

@@ -20,6 +20,7 @@ import (
 	"github.com/vigil-sidecar/vigil/internal/field"
 	"github.com/vigil-sidecar/vigil/proxy/admin"
 	"github.com/vigil-sidecar/vigil/proxy/dns"
+	"github.com/vigil-sidecar/vigil/proxy/forward"
 	"github.com/vigil-sidecar/vigil/proxy/health"
 	"github.com/vigil-sidecar/vigil/proxy/table"
 	"github.com/vigil-sidecar/vigil/xds"
@@ -109,6 +110,9 @@ type Upstream struct {
 	XDS xds.UpstreamConfig `yaml:"xds"`
 	// DNS overrides fields of defaults.dns.
 	DNS dns.UpstreamConfig `yaml:"dns"`
+	// Forward, if set, gives the upstream a local TCP listener of vigil's own L4 forwarder
+	// (default: none).
+	Forward *forward.Config `yaml:"forward"`
 }
 
 // Builtin returns the built-in defaults that a configuration file overrides.
@@ -169,6 +173,9 @@ func parse(data []byte, files bool) (*Config, error) {
 		for i, n := range seq.Content {
 			u := Upstream{Check: cloneCheck(cfg.Defaults.Check), Policy: cfg.Defaults.Policy, DNS: cfg.Defaults.DNS}
 			n.Decode(&u)
+			if u.Forward != nil {
+				*u.Forward = u.Forward.WithDefaults()
+			}
 			cfg.Upstreams[i] = u
 		}
 	}
@@ -272,6 +279,9 @@ func (c *Config) Validate() error {
 			ports[u.XDS.ListenPort] = i
 		}
 		errs.Add(p+".dns", u.DNS.Validate())
+		if u.Forward != nil {
+			errs.Add(p+".forward", u.Forward.Validate())
+		}
 		if u.Consul != nil {
 			errs.Add(p+".consul", u.Consul.Validate())
 			if !c.Consul.Enabled {
@@ -300,6 +310,7 @@ func (c *Config) Validate() error {
 			}
 		}
 	}
+	c.validateForwardListens(&errs)
 	return errs.Err()
 }
 
@@ -362,6 +373,17 @@ func (c *Config) Checks() map[string]health.CheckConfig {
 	m := make(map[string]health.CheckConfig, len(c.Upstreams))
 	for _, u := range c.Upstreams {
 		m[u.Name] = u.Check
+	}
+	return m
+}
+
+// Forwards returns the forwarder's configuration of each upstream that has a forward block.
+func (c *Config) Forwards() map[string]forward.Config {
+	m := map[string]forward.Config{}
+	for _, u := range c.Upstreams {
+		if u.Forward != nil {
+			m[u.Name] = *u.Forward
+		}
 	}
 	return m
 }

@@ -116,3 +116,28 @@ upstreams:
 		t.Errorf("DNSConfig = %+v: want domain vigil., default listen", d)
 	}
 }
+
+// A forward block gets the forwarder's defaults for what it leaves out; upstreams without one
+// get no forwarder.
+func TestForwardDefaults(t *testing.T) {
+	cfg, err := configs.Parse([]byte(`
+upstreams:
+  - name: a
+    forward: {listen: 127.0.0.1:15001, drain: 5s}
+    instances: [{address: 127.0.0.1, port: 1}]
+  - name: b
+    instances: [{address: 127.0.0.1, port: 2}]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fw := cfg.Forwards()
+	if len(fw) != 1 {
+		t.Fatalf("forwards %v: want only a", fw)
+	}
+	a := fw["a"]
+	if a.Listen != "127.0.0.1:15001" || a.Drain != 5*time.Second || a.ConnectTimeout != time.Second ||
+		a.MaxAttempts != 3 || a.MaxConnections != 1024 || a.MaxEjectionPercent != 50 {
+		t.Errorf("a: %+v", a)
+	}
+}

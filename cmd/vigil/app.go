@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strings"
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -17,6 +18,7 @@ import (
 	"github.com/vigil-sidecar/vigil/discovery/static"
 	"github.com/vigil-sidecar/vigil/proxy/admin"
 	"github.com/vigil-sidecar/vigil/proxy/dns"
+	"github.com/vigil-sidecar/vigil/proxy/forward"
 	"github.com/vigil-sidecar/vigil/proxy/health"
 	"github.com/vigil-sidecar/vigil/proxy/table"
 	"github.com/vigil-sidecar/vigil/xds"
@@ -36,6 +38,7 @@ type app struct {
 	xds     *xds.Server
 	dns     *dns.Server // nil when dns.listen is ""
 	ctl     *control    // the admin API's runtime control (control.go)
+	forward *forward.Forwarder
 
 	demo   bool                            // serve demo instances too
 	reload func() (*configs.Config, error) // reads the configuration again on SIGHUP
@@ -88,6 +91,11 @@ func newApp(cfg *configs.Config, log *slog.Logger) (*app, error) {
 	if a.xds, err = xds.New(cfg.XDSConfig(), a.table, a.reg, log.With("part", "xds")); err != nil {
 		return nil, err
 	}
+	// Always built, so that a reload can add the first forward block; with none it only waits.
+	if a.forward, err = forward.New(forward.Options{Upstreams: forwards(cfg), Source: a.table, Reporter: a.checker,
+		Registerer: a.reg, Logger: log.With("part", "forward")}); err != nil {
+		return nil, err
+	}
 	return a, nil
 }
 
@@ -109,6 +117,8 @@ func (a *app) Run(ctx context.Context) error {
 	if a.dns != nil {
 		g.Go(func() error { return a.dns.Run(ctx) })
 	}
+	// On SIGTERM the forwarder stops accepting and its open connections get their drain.
+	g.Go(func() error { return a.forward.Run(ctx) })
 	a.consul.start(ctx, g)
 	g.Go(func() error { a.watchReload(ctx); return nil })
 	return g.Wait()
@@ -146,10 +156,25 @@ func (a *app) apply(cfg *configs.Config) []string {
 	if err := a.xds.SetConfig(cfg.XDSConfig()); err != nil {
 		a.log.Error("vigil: reload: xds", "err", err)
 	}
+	if err := a.forward.SetUpstreams(forwards(cfg)); err != nil {
+		a.log.Warn("vigil: reload: a forward listener could not be opened; that upstream keeps its previous listener, if any", "err", err)
+	}
 	a.consul.apply(cfg)
 	a.cfg = cfg
 	a.log.Info("vigil: configuration reloaded", "upstreams", len(cfg.Upstreams))
 	return fields
+}
+
+// forwards returns the forwarded upstreams. The local service ("local:NAME") is never one: its
+// name cannot be an upstream's, and it is skipped here too.
+func forwards(cfg *configs.Config) map[string]forward.Config {
+	m := cfg.Forwards()
+	for name := range m {
+		if strings.HasPrefix(name, localPrefix) {
+			delete(m, name)
+		}
+	}
+	return m
 }
 
 // drain takes the local service out of Consul (when registered) before the parts stop.

@@ -42,17 +42,21 @@ type Options struct {
 	Listeners map[string]net.Listener
 }
 
-// Forwarder runs one listener per forwarded upstream.
+// Forwarder runs one listener per forwarded upstream; SetUpstreams changes them while it runs.
 type Forwarder struct {
 	src Source
 	rep Reporter
 	log *slog.Logger
 	met *metrics
-	ls  []*listener
 
-	conns sync.WaitGroup // connection handlers
+	conns     sync.WaitGroup // connection handlers
+	accepting sync.WaitGroup // accept loops
 
 	mu       sync.Mutex
+	ls       map[string]*listener       // by upstream; guarded by mu
+	retired  []*listener                // removed or replaced, draining; guarded by mu
+	running  bool                       // Run started the accept loops; guarded by mu
+	stopped  bool                       // Run is shutting down; guarded by mu
 	backends map[discovery.Key]*backend // instances with open or reserved connections
 }
 
@@ -77,29 +81,39 @@ func New(o Options) (*Forwarder, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	f := &Forwarder{src: o.Source, rep: o.Reporter, log: log, met: newMetrics(o.Registerer),
-		backends: map[discovery.Key]*backend{}}
+		ls: map[string]*listener{}, backends: map[discovery.Key]*backend{}}
 	for name, cfg := range o.Upstreams {
-		cfg = cfg.WithDefaults()
-		ln := o.Listeners[name]
-		if ln == nil {
-			var err error
-			lc := net.ListenConfig{KeepAlive: cfg.KeepAlive}
-			if ln, err = lc.Listen(context.Background(), "tcp", cfg.Listen); err != nil {
-				f.closeListeners()
-				return nil, fmt.Errorf("forward: upstreams[%s]: listen %s: %w", name, cfg.Listen, err)
-			}
+		l, err := f.newListener(name, cfg, o.Listeners[name])
+		if err != nil {
+			f.closeListeners()
+			return nil, err
 		}
-		f.ls = append(f.ls, &listener{f: f, name: name, cfg: cfg, ln: ln, sessions: map[*session]struct{}{}})
+		f.ls[name] = l
 	}
 	return f, nil
 }
 
+// newListener listens for upstream name on cfg.Listen, or takes ln.
+func (f *Forwarder) newListener(name string, cfg Config, ln net.Listener) (*listener, error) {
+	cfg = cfg.WithDefaults()
+	if ln == nil {
+		var err error
+		lc := net.ListenConfig{KeepAlive: cfg.KeepAlive}
+		if ln, err = lc.Listen(context.Background(), "tcp", cfg.Listen); err != nil {
+			return nil, fmt.Errorf("forward: upstreams[%s]: listen %s: %w", name, cfg.Listen, err)
+		}
+	}
+	l := &listener{f: f, name: name, ln: ln, sessions: map[*session]struct{}{}}
+	l.cfg.Store(&cfg)
+	return l, nil
+}
+
 // Addr returns the address the named upstream's listener is bound to, or nil.
 func (f *Forwarder) Addr(upstream string) net.Addr {
-	for _, l := range f.ls {
-		if l.name == upstream {
-			return l.ln.Addr()
-		}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if l := f.ls[upstream]; l != nil {
+		return l.ln.Addr()
 	}
 	return nil
 }
@@ -110,15 +124,72 @@ func (f *Forwarder) closeListeners() {
 	}
 }
 
+// SetUpstreams applies a new set of forwarded upstreams: a new upstream gets a listener, a
+// removed one stops accepting and its connections drain; one whose listen address changed gets
+// a listener on the new address and the old one drains; the other settings apply to new
+// connections (and to the idle timeout of open ones). A listener that cannot be opened is an
+// error, and the upstream keeps its old listener if it had one.
+func (f *Forwarder) SetUpstreams(ups map[string]Config) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.stopped {
+		return errors.New("forward: set upstreams: forwarder stopped")
+	}
+	for name, l := range f.ls {
+		if _, ok := ups[name]; !ok {
+			f.log.Info("forward: upstream no longer forwarded; its connections drain", "upstream", name, "listen", l.ln.Addr())
+			f.retire(l)
+			delete(f.ls, name)
+		}
+	}
+	var errs []error
+	for name, cfg := range ups {
+		cfg = cfg.WithDefaults()
+		l := f.ls[name]
+		if l != nil && l.conf().Listen == cfg.Listen {
+			l.cfg.Store(&cfg)
+			continue
+		}
+		nl, err := f.newListener(name, cfg, nil)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if l != nil {
+			f.log.Info("forward: listen address changed; connections on the old one drain", "upstream", name, "old", l.ln.Addr(), "new", nl.ln.Addr())
+			f.retire(l)
+		}
+		f.ls[name] = nl
+		if f.running {
+			f.log.Info("forward: listening", "upstream", name, "addr", nl.ln.Addr().String())
+			f.accepting.Go(nl.accept)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// retire stops l accepting and closes its connections once its drain has run. Called with mu held.
+func (f *Forwarder) retire(l *listener) {
+	l.ln.Close()
+	l.closing = true
+	if l.drainT == nil {
+		l.drainT = time.AfterFunc(l.conf().Drain, l.drained)
+		f.retired = append(f.retired, l)
+	}
+}
+
 // Run accepts connections until ctx ends; then the listeners stop accepting, open connections
 // run on for their drain period and are closed, and Run returns once every one has ended.
 func (f *Forwarder) Run(ctx context.Context) error {
 	changed, cancel := f.src.Subscribe()
 	defer cancel()
-	var accepting sync.WaitGroup
+	f.mu.Lock()
+	f.running = true
 	for _, l := range f.ls {
-		accepting.Go(func() { l.accept() })
+		f.log.Info("forward: listening", "upstream", l.name, "addr", l.ln.Addr().String())
+		f.accepting.Go(l.accept)
 	}
+	f.mu.Unlock()
 	f.sync()
 	for done := false; !done; {
 		select {
@@ -128,22 +199,18 @@ func (f *Forwarder) Run(ctx context.Context) error {
 			f.sync()
 		}
 	}
-	f.closeListeners()
-	accepting.Wait()
-	var timers []*time.Timer
 	f.mu.Lock()
+	f.stopped = true
 	for _, l := range f.ls {
-		l.closing = true
-		if len(l.sessions) > 0 {
-			timers = append(timers, time.AfterFunc(l.cfg.Drain, l.drained))
-		}
+		f.retire(l)
 	}
 	f.mu.Unlock()
+	f.accepting.Wait()
 	f.conns.Wait()
-	for _, t := range timers {
-		t.Stop()
-	}
 	f.mu.Lock()
+	for _, l := range f.retired {
+		l.drainT.Stop()
+	}
 	for _, b := range f.backends {
 		if b.drain != nil {
 			b.drain.Stop()
@@ -175,8 +242,8 @@ func (f *Forwarder) sync() {
 			}
 		case !served && b.drain == nil && !b.gone:
 			f.log.Info("forward: instance left the served set, draining its connections",
-				"upstream", b.key.Upstream, "instance", b.key.ID, "connections", len(b.sessions), "drain", b.l.cfg.Drain)
-			b.drain = time.AfterFunc(b.l.cfg.Drain, func() { f.drained(b) })
+				"upstream", b.key.Upstream, "instance", b.key.ID, "connections", len(b.sessions), "drain", b.l.conf().Drain)
+			b.drain = time.AfterFunc(b.l.conf().Drain, func() { f.drained(b) })
 		}
 	}
 }

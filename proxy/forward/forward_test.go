@@ -69,8 +69,8 @@ func TestKillNoClientFails(t *testing.T) {
 		}
 		return st.State == table.Unhealthy
 	}, "a unhealthy")
-	// The passive signal ejects ("passive: connect refused"); the active probe it triggers at once
-	// then confirms with its own error text.
+	// The passive signal ejects ("passive: connect refused", kept while the probes it triggers
+	// confirm), unless the health watch saw the death first (the probe's own error text).
 	if !strings.Contains(st.Reason, "refused") {
 		t.Errorf("reason %q", st.Reason)
 	}

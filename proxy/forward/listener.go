@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -18,15 +19,19 @@ import (
 type listener struct {
 	f    *Forwarder
 	name string
-	cfg  Config
+	cfg  atomic.Pointer[Config] // replaced by SetUpstreams
 	ln   net.Listener
 
 	open int // open client connections; guarded by f.mu
 	// guarded by f.mu
 	sessions map[*session]struct{}
-	closing  bool // shutting down: draining
-	gone     bool // the shutdown drain ended: connections are closed at once
+	closing  bool        // no longer accepting: draining
+	drainT   *time.Timer // the drain of a closing listener
+	gone     bool        // the drain ended: connections are closed at once
 }
+
+// conf returns the listener's current configuration.
+func (l *listener) conf() *Config { return l.cfg.Load() }
 
 // accept serves the listener until it is closed.
 func (l *listener) accept() {
@@ -48,7 +53,7 @@ func (l *listener) accept() {
 		}
 		m.total.WithLabelValues(l.name).Inc()
 		l.f.mu.Lock()
-		full := l.open >= l.cfg.MaxConnections
+		full := l.open >= l.conf().MaxConnections
 		if !full {
 			l.open++
 			l.f.conns.Add(1)
@@ -102,7 +107,7 @@ func (l *listener) handle(c net.Conn) {
 // connect dials a served instance, trying others when a connect fails, within max_attempts and
 // connect_budget. Each failure is reported to health as a passive signal.
 func (l *listener) connect() (*backend, *net.TCPConn) {
-	f, cfg := l.f, &l.cfg
+	f, cfg := l.f, l.conf()
 	deadline := time.Now().Add(cfg.ConnectBudget)
 	var tried []string
 	for attempt := 0; attempt < cfg.MaxAttempts; attempt++ {
@@ -110,7 +115,7 @@ func (l *listener) connect() (*backend, *net.TCPConn) {
 		if left <= 0 {
 			break
 		}
-		b, addr := f.pick(f.src.Snapshot().Lookup(l.name), tried)
+		b, addr := f.pick(l, f.src.Snapshot().Lookup(l.name), tried)
 		if b == nil {
 			break
 		}
@@ -155,7 +160,7 @@ func classify(err error) string {
 // pick chooses a served instance of u not in tried, among the best priority left: the less
 // loaded (connections per weight) of two drawn at random by weight. It reserves a connection
 // on the chosen backend.
-func (f *Forwarder) pick(u *table.Upstream, tried []string) (*backend, string) {
+func (f *Forwarder) pick(l *listener, u *table.Upstream, tried []string) (*backend, string) {
 	if u == nil {
 		return nil, ""
 	}
@@ -189,12 +194,7 @@ func (f *Forwarder) pick(u *table.Upstream, tried []string) (*backend, string) {
 	k := discovery.Key{Upstream: u.Name, ID: best.ID}
 	bk := f.backends[k]
 	if bk == nil {
-		bk = &backend{key: k, sessions: map[*session]struct{}{}}
-		for _, l := range f.ls {
-			if l.name == u.Name {
-				bk.l = l
-			}
-		}
+		bk = &backend{key: k, l: l, sessions: map[*session]struct{}{}}
 		f.backends[k] = bk
 	}
 	bk.active++

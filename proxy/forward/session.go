@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -40,7 +41,7 @@ func (f *Forwarder) register(s *session) bool {
 	s.l.sessions[s] = struct{}{}
 	if s.b.drain == nil && !served(f.src.Snapshot(), s.b) { // picked from a snapshot older than the last sync
 		b := s.b
-		b.drain = time.AfterFunc(s.l.cfg.Drain, func() { f.drained(b) })
+		b.drain = time.AfterFunc(s.l.conf().Drain, func() { f.drained(b) })
 	}
 	return true
 }
@@ -69,6 +70,7 @@ func served(snap *table.Snapshot, b *backend) bool {
 func (l *listener) drained() {
 	l.f.mu.Lock()
 	l.gone = true
+	l.f.retired = slices.DeleteFunc(l.f.retired, func(x *listener) bool { return x == l })
 	ss := make([]*session, 0, len(l.sessions))
 	for s := range l.sessions {
 		ss = append(ss, s)
@@ -111,7 +113,7 @@ func (s *session) run() {
 // can be renewed, then half-closes dst. An error either way, or idle_timeout with no byte moved
 // in either direction, closes the session.
 func (s *session) pipe(dst, src *net.TCPConn, count func(float64)) {
-	idle := s.l.cfg.IdleTimeout
+	idle := s.l.conf().IdleTimeout
 	for {
 		now := time.Now()
 		src.SetReadDeadline(now.Add(idle))

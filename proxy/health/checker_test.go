@@ -370,3 +370,69 @@ func TestFirstProbesSpread(t *testing.T) {
 		t.Errorf("last first probe after %s", d)
 	}
 }
+
+// A passive failure that ejects an instance sets its reason ("passive: connect refused"); the
+// active probes it triggers, failing too, keep that reason until the instance is healthy again.
+func TestPassiveReasonKept(t *testing.T) {
+	var failing atomic.Bool
+	srv := httpServer(t, func(w http.ResponseWriter, r *http.Request) {
+		if failing.Load() {
+			w.WriteHeader(500)
+		}
+	})
+	h := start(t, health.Options{Default: fast("http")})
+	k := discovery.Key{Upstream: "api", ID: "a"}
+	h.set(map[string][]discovery.Instance{"api": {instanceOf(t, "a", srv.URL)}})
+	h.wait(k, health.Healthy, 3*time.Second)
+	failing.Store(true)
+	if !h.c.ReportPassive(k, errors.New("passive: connect refused"), 100) {
+		t.Fatal("the passive failure did not eject")
+	}
+	st := h.wait(k, health.Unhealthy, 3*time.Second)
+	probes := st.Stats.Load().Probes
+	testutil.Eventually(t, 5*time.Second, 5*time.Millisecond, func() bool {
+		return st.Stats.Load().Probes >= probes+2 // the immediate probe and the next one failed
+	}, "active probes after the ejection")
+	if st, _ := h.sink.status(k); st.State != health.Unhealthy || st.Reason != "passive: connect refused" {
+		t.Errorf("after failing probes: %s, reason %q; want unhealthy, passive: connect refused", st.State, st.Reason)
+	}
+	failing.Store(false)
+	if st := h.wait(k, health.Healthy, 3*time.Second); st.Reason != "" {
+		t.Errorf("healthy with reason %q", st.Reason)
+	}
+}
+
+// Connect failures alone never make more than maxEjectionPercent of an upstream's instances
+// unhealthy: of four instances at 50%, the first two are ejected, the next two are not (their
+// failures are not counted; only the probe they trigger decides, and it passes).
+func TestPassiveEjectionCap(t *testing.T) {
+	srv := httpServer(t, func(w http.ResponseWriter, r *http.Request) {})
+	c := fast("http")
+	// The ejected stay unhealthy for the test: 5 passes needed, a probe every second at most.
+	c.Interval, c.UnhealthyInterval, c.EdgeInterval, c.Timeout = 2*time.Second, 2*time.Second, time.Second, 900*time.Millisecond
+	c.HealthyThreshold = 5
+	h := start(t, health.Options{Default: c})
+	ids := []string{"a", "b", "c", "d"}
+	var ins []discovery.Instance
+	for _, id := range ids {
+		in := instanceOf(t, id, srv.URL)
+		in.ID = id
+		ins = append(ins, in)
+	}
+	h.set(map[string][]discovery.Instance{"api": ins})
+	for _, id := range ids {
+		h.wait(discovery.Key{Upstream: "api", ID: id}, health.Healthy, 5*time.Second)
+	}
+	for i, id := range ids {
+		got := h.c.ReportPassive(discovery.Key{Upstream: "api", ID: id}, errors.New("passive: connect refused"), 50)
+		if want := i < 2; got != want {
+			t.Errorf("%s: ejected %v, want %v", id, got, want)
+		}
+	}
+	h.wait(discovery.Key{Upstream: "api", ID: "b"}, health.Unhealthy, 3*time.Second)
+	for _, id := range ids[2:] {
+		if st, _ := h.sink.status(discovery.Key{Upstream: "api", ID: id}); st.State != health.Healthy {
+			t.Errorf("%s: %s (%s), want healthy: past the cap", id, st.State, st.Reason)
+		}
+	}
+}

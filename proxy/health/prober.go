@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -237,6 +238,9 @@ func (p *prober) reportPassive(err error, count bool) bool {
 	return ejected
 }
 
+// passivePrefix starts the reason of a failure seen by a proxy (forward: "passive: connect refused").
+const passivePrefix = "passive: "
+
 // observe feeds a result to the state machine and queues the status if it changed. Called with mu held.
 func (p *prober) observe(now time.Time, err error) {
 	p.observeBy(now, err, causePassive, 1)
@@ -253,6 +257,9 @@ func (p *prober) observeBy(now time.Time, err error, cause cause, n int) {
 	switch {
 	case st.State == Healthy:
 		st.Reason = ""
+	case err != nil && cause != causePassive && p.status.State == Unhealthy && strings.HasPrefix(p.status.Reason, passivePrefix):
+		// An active probe that confirms a passive ejection keeps its reason: why the instance
+		// was ejected ("passive: connect refused"), until it is healthy again.
 	case err != nil:
 		st.Reason = err.Error()
 	case st.Flapping:
