@@ -135,7 +135,9 @@ func TestDashboardInChromium(t *testing.T) {
 	backends["api-2"].kill()
 	do("killed instance turns unhealthy", 20*time.Second,
 		chromedp.WaitVisible(chromedp.CSS(`#upstream-api .cell.unhealthy[data-id="api-2"]`)))
-	js := func(what, expr string) string { return browse(t, cctx, what, 10*time.Second, chromedp.Evaluate[string](expr)) }
+	js := func(what, expr string) string {
+		return browse(t, cctx, what, 10*time.Second, chromedp.Evaluate[string](expr))
+	}
 	marker := browse(t, cctx, "marker", 10*time.Second, chromedp.Evaluate[bool](`window.vigilMarker === true`))
 	cells := js("cells", `[...document.querySelectorAll('#upstream-api .cell')].map(c => c.dataset.id + '=' + c.dataset.state).join(' ')`)
 	transitions := js("transitions", `[...document.querySelectorAll('#transitions tbody tr')].map(r => r.textContent).join('\n')`)
