@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -63,6 +64,7 @@ type Server struct {
 	hist    *history
 	hub     *hub
 	done    chan struct{} // closed when Run's context ends: event streams end
+	stop    sync.Once
 	// OnListen, if set, is called with the bound address before serving (tests listen on :0).
 	OnListen func(net.Addr)
 }
@@ -121,7 +123,7 @@ func (s *Server) Run(ctx context.Context) error {
 		return fmt.Errorf("admin: serve: %w", err)
 	case <-ctx.Done():
 	}
-	close(s.done) // event streams end, so that Shutdown finds their connections idle
+	s.stop.Do(func() { close(s.done) }) // event streams end, so that Shutdown finds their connections idle
 	sctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil {

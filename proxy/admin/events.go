@@ -16,6 +16,9 @@ const (
 	DefaultMaxSubscribers = 16
 	// sampleEvery is how often the instances' probe statistics are sampled for the history.
 	sampleEvery = 500 * time.Millisecond
+	// minGap spaces the views published to event streams: each is the whole table, encoded once
+	// for every stream, so a burst of changes costs one view per gap.
+	minGap = 100 * time.Millisecond
 	// keepAlive is the interval of SSE comments on an otherwise quiet stream.
 	keepAlive = 15 * time.Second
 	// writeTimeout bounds one write to an event stream: a client that reads slower is dropped.
@@ -93,13 +96,23 @@ func (s *Server) watch(ctx context.Context) {
 	tick := time.NewTicker(sampleEvery)
 	defer tick.Stop()
 	var published uint64
+	var last time.Time
 	for {
 		snap := s.table.Snapshot()
 		changed := s.hist.observe(snap, time.Now())
 		if (changed || snap.Version != published) && s.hub.count() > 0 {
+			if wait := minGap - time.Since(last); wait > 0 {
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(wait):
+				}
+				snap = s.table.Snapshot()
+				s.hist.observe(snap, time.Now())
+			}
 			if b, err := json.Marshal(view(snap, time.Now(), s.hist)); err == nil {
 				s.hub.publish(b)
-				published = snap.Version
+				published, last = snap.Version, time.Now()
 			} else {
 				s.log.Error("admin: encode event", "err", err)
 			}
