@@ -56,7 +56,7 @@ func (b *backend) kill() {
 func checkedTable(t *testing.T) (*table.Table, map[string]*backend) {
 	t.Helper()
 	backends := map[string]*backend{}
-	inst := func(up, id, zone string, b *backend) discovery.Instance {
+	inst := func(id, zone string, b *backend) discovery.Instance {
 		port := 1 // nothing listens there: refused
 		if b != nil {
 			backends[id], port = b, b.port
@@ -65,13 +65,13 @@ func checkedTable(t *testing.T) (*table.Table, map[string]*backend) {
 	}
 	mem := discovery.Membership{Ready: true, Upstreams: map[string]*discovery.Upstream{
 		"api": {Name: "api", Synced: time.Now().Add(-2 * time.Second), Instances: []discovery.Instance{
-			inst("api", "api-1", "zone-a", startBackend(t)),
-			inst("api", "api-2", "zone-a", startBackend(t)),
-			inst("api", "api-3", "zone-b", startBackend(t)),
+			inst("api-1", "zone-a", startBackend(t)),
+			inst("api-2", "zone-a", startBackend(t)),
+			inst("api-3", "zone-b", startBackend(t)),
 		}},
 		"web": {Name: "web", Instances: []discovery.Instance{
-			inst("web", "web-1", "zone-a", startBackend(t)),
-			inst("web", "web-2", "zone-b", nil),
+			inst("web-1", "zone-a", startBackend(t)),
+			inst("web-2", "zone-b", nil),
 		}},
 	}}
 	check := health.DefaultCheck()
