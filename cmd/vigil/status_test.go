@@ -77,6 +77,26 @@ func TestStatusJSON(t *testing.T) {
 	if code := cli([]string{"status", "-addr", addr, "nope"}, &out, &errb); code != 1 || !strings.Contains(errb.String(), `no upstream or instance "nope"`) {
 		t.Errorf("unknown name: exit %d, %s", code, errb.String())
 	}
+
+	// With -watch, one JSON document a line.
+	var lines syncBuffer
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan int, 1)
+	go func() { done <- runStatus(ctx, []string{"-addr", addr, "-o", "json", "-watch", "db"}, &lines, &errb) }()
+	testutil.Eventually(t, 10*time.Second, 5*time.Millisecond, func() bool { return strings.Contains(lines.String(), "\n") }, "no JSON line")
+	cancel()
+	select {
+	case code := <-done:
+		if code != 0 {
+			t.Errorf("watch exit %d", code)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("watch did not stop")
+	}
+	first, _, _ := strings.Cut(lines.String(), "\n")
+	if err := json.Unmarshal([]byte(first), &u); err != nil || u.Name != "db" || len(u.Instances) != 2 {
+		t.Errorf("watch JSON line: %v %q", err, first)
+	}
 }
 
 // syncBuffer is a bytes.Buffer that the watcher writes while the test reads.

@@ -134,9 +134,11 @@ func TestDashboardInChromium(t *testing.T) {
 		chromedp.WithPollingInterval(50*time.Millisecond)))
 	browse(t, cctx, "mark the page", 5*time.Second, chromedp.Evaluate[bool](`window.vigilMarker = true`))
 
+	killed := time.Now()
 	backends["api-2"].kill()
 	do("killed instance turns unhealthy", 20*time.Second,
 		chromedp.WaitVisible(chromedp.CSS(`#upstream-api .cell.unhealthy[data-id="api-2"]`)))
+	t.Logf("cell turned unhealthy %s after the kill (information, not asserted)", time.Since(killed).Round(time.Millisecond))
 	js := func(what, expr string) string {
 		return browse(t, cctx, what, 10*time.Second, chromedp.Evaluate[string](expr))
 	}
