@@ -233,6 +233,8 @@ func TestStatusColor(t *testing.T) {
 		s := screen.String()
 		return s[:strings.Index(s, mark)]
 	}
+	t.Setenv("NO_COLOR", "") // set but empty: no effect (no-color.org)
+	t.Setenv("TERM", "xterm")
 	colored := run("END-1")
 	if !strings.Contains(colored, "\x1b[32mHEALTHY\x1b[0m") {
 		t.Errorf("no green HEALTHY on a terminal:\n%q", colored)
