@@ -183,6 +183,20 @@ func TestDashboardInChromium(t *testing.T) {
 		}
 		t.Logf("wrote %s (%d bytes)", path, len(png))
 	}
+
+	// Names, reasons and errors come from discovery and probes: text, never markup.
+	xss := `<img src=x onerror="window.pwned=1">`
+	markup := browse(t, cctx, "render markup", 10*time.Second, chromedp.Evaluate[string](`(() => {
+		const x = `+"`"+xss+"`"+`;
+		render({version: 1, ready: true, now: new Date().toISOString(), upstreams: [{name: x, healthy: 0, total: 1, served: 0,
+			panic: false, failover: 0, instances: [{id: x, address: x, port: 1, zone: x, datacenter: x, state: "unhealthy",
+			reason: x, since: "", served: false, priority: 0, probe: {probes: 1, latency_ms: 1, last_error: x}, samples: []}]}],
+			transitions: [{at: new Date().toISOString(), upstream: x, id: x, from: "healthy", to: "unhealthy", cause: x}]});
+		return document.querySelectorAll("img").length + " " + document.body.textContent.split(x).length;
+	})()`))
+	if markup != "0 10" {
+		t.Errorf("markup from discovery: %q, want no <img> and the text shown 9 times", markup)
+	}
 }
 
 // browse runs one action in the page within a bounded time and fails the test with the page's body.
