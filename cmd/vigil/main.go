@@ -25,7 +25,8 @@ const usage = `vigil — service discovery and health checking for the services 
 Usage:
   vigil run      [-config FILE] [-demo]   run (on the embedded default without -config)
   vigil validate [-config FILE]           check a configuration; list every error
-  vigil status   [-addr HOST:PORT] [NAME] show upstreams and instances from a running vigil
+  vigil status   [-addr HOST:PORT] [-o table|json] [-watch] [NAME]
+                 show upstreams and instances from a running vigil (NAME: upstream or instance)
   vigil health   [-addr HOST:PORT] [-path /healthz|/readyz]  exit 0 if a running vigil answers 200
   vigil maint    enable|disable UPSTREAM[/INSTANCE] [-reason TEXT]  (or: list) maintenance, with the admin token
   vigil reload   [-reason TEXT]           a running vigil reads its configuration again (admin token)

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -63,6 +64,10 @@ type Server struct {
 	log     *slog.Logger
 	handler http.Handler
 	ctl     controlPtr // nil: control endpoints off
+	hist    *history
+	hub     *hub
+	done    chan struct{} // closed when Run's context ends: event streams end
+	stop    sync.Once
 	// OnListen, if set, is called with the bound address before serving (tests listen on :0).
 	OnListen func(net.Addr)
 }
@@ -72,7 +77,8 @@ func New(cfg Config, t Snapshotter, g prometheus.Gatherer, log *slog.Logger) *Se
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{cfg: cfg, table: t, gather: g, log: log}
+	s := &Server{cfg: cfg, table: t, gather: g, log: log, hist: newHistory(), done: make(chan struct{}),
+		hub: &hub{max: DefaultMaxSubscribers, subs: map[chan []byte]struct{}{}}}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
@@ -85,6 +91,7 @@ func New(cfg Config, t Snapshotter, g prometheus.Gatherer, log *slog.Logger) *Se
 	mux.HandleFunc("GET /v1/upstreams", s.upstreams)
 	mux.HandleFunc("GET /v1/upstreams/{name}", s.upstream)
 	s.controlRoutes(mux)
+	mux.HandleFunc("GET /v1/events", s.events)
 	hosts := cfg.AllowedHosts
 	if h, _, err := net.SplitHostPort(cfg.Listen); err == nil {
 		hosts = append([]string{h}, hosts...)
@@ -110,12 +117,17 @@ func (s *Server) Run(ctx context.Context) error {
 		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(l) }()
+	wctx, stopWatch := context.WithCancel(ctx)
+	watched := make(chan struct{})
+	go func() { defer close(watched); s.watch(wctx) }()
+	defer func() { stopWatch(); <-watched }()
 	s.log.Info("admin: serving", "addr", l.Addr().String())
 	select {
 	case err := <-errc:
 		return fmt.Errorf("admin: serve: %w", err)
 	case <-ctx.Done():
 	}
+	s.stop.Do(func() { close(s.done) }) // event streams end, so that Shutdown finds their connections idle
 	sctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil {
@@ -146,13 +158,7 @@ func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
 }
 
 func (s *Server) upstreams(w http.ResponseWriter, _ *http.Request) {
-	snap := s.table.Snapshot()
-	now := time.Now()
-	out := Table{Version: snap.Version, Ready: snap.Ready, Upstreams: make([]Upstream, 0, len(snap.Names))}
-	for _, name := range snap.Names {
-		out.Upstreams = append(out.Upstreams, upstreamJSON(snap.Upstreams[name], now))
-	}
-	writeJSON(w, http.StatusOK, out)
+	writeJSON(w, http.StatusOK, s.view())
 }
 
 func (s *Server) upstream(w http.ResponseWriter, r *http.Request) {
@@ -162,7 +168,7 @@ func (s *Server) upstream(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, map[string]string{"error": fmt.Sprintf("no upstream %q", name)})
 		return
 	}
-	writeJSON(w, http.StatusOK, upstreamJSON(u, time.Now()))
+	writeJSON(w, http.StatusOK, upstreamJSON(u, time.Now(), s.hist))
 }
 
 // writeJSON encodes v first, so that an encoding error is a 500 rather than a truncated 200.

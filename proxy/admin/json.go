@@ -12,6 +12,10 @@ type Table struct {
 	Version   uint64     `json:"version"`
 	Ready     bool       `json:"ready"`
 	Upstreams []Upstream `json:"upstreams"`
+	// Now is the server's time of this view, for durations computed by clients.
+	Now time.Time `json:"now"`
+	// Transitions are the recent state changes of all instances, oldest first (bounded).
+	Transitions []Transition `json:"transitions,omitempty"`
 }
 
 // Upstream is the JSON form of one upstream (GET /v1/upstreams/{name}).
@@ -41,6 +45,10 @@ type Instance struct {
 	Served   bool      `json:"served"`
 	Priority int       `json:"priority"`
 	Probe    Probe     `json:"probe"`
+	// Samples are the recent probe results, oldest first (bounded).
+	Samples []Sample `json:"samples,omitempty"`
+	// Transitions are the instance's recent state changes, oldest first (bounded).
+	Transitions []Transition `json:"transitions,omitempty"`
 }
 
 // Probe is the JSON form of an instance's live probe statistics.
@@ -52,7 +60,7 @@ type Probe struct {
 	LastError string    `json:"last_error,omitempty"`
 }
 
-func upstreamJSON(u *table.Upstream, now time.Time) Upstream {
+func upstreamJSON(u *table.Upstream, now time.Time, h *history) Upstream {
 	out := Upstream{
 		Name: u.Name, Version: u.Version, Healthy: u.Healthy, Total: u.Total, Served: len(u.Served),
 		Panic: u.Panic, Failover: u.Failover, Policy: u.Policy, Synced: u.Synced,
@@ -71,6 +79,21 @@ func upstreamJSON(u *table.Upstream, now time.Time) Upstream {
 			Probe: Probe{LastProbe: st.LastProbe, LatencyMS: float64(st.Latency) / 1e6, Probes: st.Probes,
 				Failures: st.Failures, LastError: st.LastError},
 		}
+		if h != nil {
+			out.Instances[i].Samples, out.Instances[i].Transitions = h.instance(discovery.Key{Upstream: u.Name, ID: in.ID})
+		}
+	}
+	return out
+}
+
+// view is the JSON form of snap with the recorded history.
+func view(snap *table.Snapshot, now time.Time, h *history) Table {
+	out := Table{Version: snap.Version, Ready: snap.Ready, Now: now, Upstreams: make([]Upstream, 0, len(snap.Names))}
+	for _, name := range snap.Names {
+		out.Upstreams = append(out.Upstreams, upstreamJSON(snap.Upstreams[name], now, h))
+	}
+	if h != nil {
+		out.Transitions = h.recentList()
 	}
 	return out
 }
