@@ -317,7 +317,7 @@ func (s *Server) push(since time.Time) bool {
 		staged[key] = &pushedSet{version: version, cfg: cfg, res: next}
 	}
 	for _, name := range snap.Names {
-		if u := snap.Upstreams[name]; u != nil {
+		if u := snap.Upstreams[name]; u != nil && !u.Local {
 			apply(name, u.Version, func() *Resources { return TranslateUpstream(u, cfg) })
 		}
 	}
@@ -326,7 +326,7 @@ func (s *Server) push(since time.Time) bool {
 		apply(inbound, 0, func() *Resources { return translateInbound(&cfg.Inbound) })
 	}
 	for key, old := range s.pushed {
-		if _, ok := snap.Upstreams[key]; !ok && (key != inbound || cfg.Inbound.Name == "") {
+		if u, ok := snap.Upstreams[key]; (!ok || u.Local) && (key != inbound || cfg.Inbound.Name == "") {
 			diff(old.res, nil, &upd, &del)
 			staged[key] = nil
 		}
