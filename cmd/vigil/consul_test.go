@@ -23,49 +23,60 @@ import (
 	"github.com/vigil-sidecar/vigil/proxy/admin"
 )
 
-// startConsul runs a real Consul dev agent on free loopback ports until the test ends; it
-// returns its HTTP address.
+// startConsul runs a real Consul dev agent on loopback ports until the test ends; it returns
+// its HTTP address. Consul cannot be handed listeners: the ports are picked (each held until all
+// are picked, so distinct), and if another process takes one before Consul binds it, Consul
+// exits and is started again on new ones, three times at most.
 func startConsul(t *testing.T) string {
 	t.Helper()
 	bin := testutil.Need(t, "consul")
-	// Hold every port open until all are chosen, so that no two are the same.
-	var held []net.Listener
-	p := func() string {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
+	var logs bytes.Buffer
+	for range 3 {
+		var held []net.Listener
+		p := func() string {
+			l, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			held = append(held, l)
+			return strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
+		}
+		httpPort := p()
+		ports := []string{p(), p(), p(), p()}
+		for _, l := range held {
+			l.Close()
+		}
+		logs.Reset()
+		cmd := exec.Command(bin, "agent", "-dev", "-node", "e2e", "-bind", "127.0.0.1", "-client", "127.0.0.1",
+			"-http-port", httpPort, "-dns-port", ports[0], "-serf-lan-port", ports[1], "-serf-wan-port", ports[2], "-server-port", ports[3],
+			"-grpc-port", "-1", "-grpc-tls-port", "-1", "-log-level", "warn")
+		cmd.Stdout, cmd.Stderr = &logs, &logs
+		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
-		held = append(held, l)
-		return strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
-	}
-	httpPort := p()
-	ports := []string{p(), p(), p(), p()}
-	for _, l := range held {
-		l.Close()
-	}
-	var logs bytes.Buffer
-	cmd := exec.Command(bin, "agent", "-dev", "-node", "e2e", "-bind", "127.0.0.1", "-client", "127.0.0.1",
-		"-http-port", httpPort, "-dns-port", ports[0], "-serf-lan-port", ports[1], "-serf-wan-port", ports[2], "-server-port", ports[3],
-		"-grpc-port", "-1", "-grpc-tls-port", "-1", "-log-level", "warn")
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { cmd.Wait(); close(done) }()
-	t.Cleanup(func() { syscall.Kill(cmd.Process.Pid, syscall.SIGKILL); <-done })
-	addr := "127.0.0.1:" + httpPort
-	c := consulClient(t, addr)
-	testutil.Eventually(t, 30*time.Second, 50*time.Millisecond, func() bool {
-		select {
-		case <-done:
-			t.Fatalf("consul exited:\n%s", logs.String())
-		default:
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		t.Cleanup(func() { syscall.Kill(cmd.Process.Pid, syscall.SIGKILL); <-done })
+		addr := "127.0.0.1:" + httpPort
+		c := consulClient(t, addr)
+		exited := false
+		testutil.Eventually(t, 30*time.Second, 50*time.Millisecond, func() bool {
+			select {
+			case <-done:
+				exited = true
+				return true
+			default:
+			}
+			l, err := c.Status().Leader()
+			return err == nil && l != ""
+		}, "consul up")
+		if !exited {
+			return addr
 		}
-		l, err := c.Status().Leader()
-		return err == nil && l != ""
-	}, "consul up")
-	return addr
+		t.Logf("consul exited (a port taken?), starting it again:\n%s", logs.String())
+	}
+	t.Fatalf("consul did not start in 3 tries:\n%s", logs.String())
+	return ""
 }
 
 func consulClient(t *testing.T, addr string) *api.Client {
