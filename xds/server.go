@@ -36,7 +36,7 @@ import (
 // Server is vigil's xDS control plane: ADS and the separate CDS, EDS, LDS and RDS services,
 // state-of-the-world and delta, fed from the table's snapshots.
 type Server struct {
-	table *table.Table
+	table Table
 	log   *slog.Logger
 	m     *metrics
 	creds credentials.TransportCredentials // nil: plaintext
@@ -83,9 +83,16 @@ type pushedSet struct {
 	res     *Resources
 }
 
+// Table is what the xDS server reads of the endpoint table (*table.Table): the current snapshot,
+// and a signal after each new one.
+type Table interface {
+	Snapshot() *table.Snapshot
+	Subscribe() (<-chan struct{}, func())
+}
+
 // New returns a server for the table's snapshots. cfg must be valid; the TLS files are
 // read now, and the version epoch is taken (and saved to cfg.VersionFile).
-func New(cfg Config, t *table.Table, reg prometheus.Registerer, log *slog.Logger) (*Server, error) {
+func New(cfg Config, t Table, reg prometheus.Registerer, log *slog.Logger) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("xds: %w", err)
 	}
