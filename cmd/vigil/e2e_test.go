@@ -111,8 +111,8 @@ func startApp(t *testing.T, yml string, opts ...func(*app)) string {
 			if err != nil {
 				t.Errorf("Run: %v", err)
 			}
-		case <-time.After(time.Second):
-			t.Error("vigil did not stop within a second")
+		case <-time.After(settle):
+			t.Error("vigil did not stop after its context ended")
 		}
 	})
 	select {
