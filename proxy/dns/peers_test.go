@@ -74,7 +74,7 @@ func startOnPorts(b *testing.B, name string, n int, start func(ports []int) (*pe
 	return nil
 }
 
-// startConsul runs a Consul dev agent on free loopback ports and registers the benchmark's
+// startConsul runs a Consul dev agent on loopback ports (startOnPorts) and registers the benchmark's
 // services through the agent API.
 func startConsul(b *testing.B, bin, dir string) *peer {
 	b.Helper()
