@@ -24,7 +24,7 @@ func (oneNode) ID(*corev3.Node) string { return "all" }
 
 // runBaseline is what a naive go-control-plane user writes: on every table change, the
 // whole snapshot is translated again, checked, and set in a SnapshotCache.
-func runBaseline(ctx context.Context, tb *table.Table, listen string) error {
+func runBaseline(ctx context.Context, tb *table.Table, lis net.Listener) error {
 	sc := cachev3.NewSnapshotCache(true, oneNode{}, nil)
 	cfg := DefaultConfig()
 	version := 0
@@ -48,10 +48,6 @@ func runBaseline(ctx context.Context, tb *table.Table, listen string) error {
 		return sc.SetSnapshot(ctx, "all", snap)
 	}
 	if err := build(); err != nil {
-		return err
-	}
-	lis, err := net.Listen("tcp", listen)
-	if err != nil {
 		return err
 	}
 	gs := grpc.NewServer(grpc.MaxConcurrentStreams(1 << 20))

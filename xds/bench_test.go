@@ -28,7 +28,6 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/vigil-sidecar/vigil/discovery"
-	"github.com/vigil-sidecar/vigil/internal/testutil"
 	"github.com/vigil-sidecar/vigil/proxy/health"
 	"github.com/vigil-sidecar/vigil/proxy/table"
 )
@@ -209,9 +208,11 @@ type benchChild struct {
 	out *bufio.Scanner
 }
 
-func startBenchChild(b *testing.B, mode, listen string) *benchChild {
+// startBenchChild starts the server process of the given mode; it listens on a port of its own
+// and reports the address on its first line ("ready ADDR").
+func startBenchChild(b *testing.B, mode string) (*benchChild, string) {
 	cmd := exec.Command(os.Args[0], "-test.run=^$", "-test.bench=^$")
-	cmd.Env = append(os.Environ(), benchChildEnv+"="+mode, "VIGIL_XDS_BENCH_LISTEN="+listen)
+	cmd.Env = append(os.Environ(), benchChildEnv+"="+mode)
 	cmd.Stderr = os.Stderr
 	in, err := cmd.StdinPipe()
 	if err != nil {
@@ -225,10 +226,14 @@ func startBenchChild(b *testing.B, mode, listen string) *benchChild {
 		b.Fatal(err)
 	}
 	c := &benchChild{cmd: cmd, in: in, out: bufio.NewScanner(out)}
-	if !c.out.Scan() || c.out.Text() != "ready" {
-		b.Fatalf("%s child: %q %v", mode, c.out.Text(), c.out.Err())
+	if !c.out.Scan() {
+		b.Fatalf("%s child: %v", mode, c.out.Err())
 	}
-	return c
+	addr, ok := strings.CutPrefix(c.out.Text(), "ready ")
+	if !ok {
+		b.Fatalf("%s child: %q", mode, c.out.Text())
+	}
+	return c, addr
 }
 
 // procStats returns a process's CPU time (user+system) and its resident and peak memory in MB.
@@ -256,8 +261,7 @@ func procStats(pid int) (cpu time.Duration, rss, hwm float64) {
 }
 
 func runBenchScenario(b *testing.B, mode string, flips int) benchResult {
-	listen := "127.0.0.1:" + strconv.Itoa(testutil.FreePort(b))
-	child := startBenchChild(b, mode, listen)
+	child, listen := startBenchChild(b, mode)
 	defer func() {
 		child.in.Close()
 		child.cmd.Wait()
@@ -374,7 +378,6 @@ func runBenchScenario(b *testing.B, mode string, flips int) benchResult {
 // vigil or as the baseline, and flips instances on command ("flip <upstream> <id> <state>"),
 // answering each with the time of the change.
 func runBenchChild(mode string) int {
-	listen := os.Getenv("VIGIL_XDS_BENCH_LISTEN")
 	tb := benchTable()
 	if p := os.Getenv("VIGIL_XDS_BENCH_CPUPROFILE"); p != "" && mode == "vigil" {
 		if f, err := os.Create(p); err == nil {
@@ -385,35 +388,39 @@ func runBenchChild(mode string) int {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan error, 1)
+	var listen string
 	switch mode {
 	case "vigil":
 		cfg := DefaultConfig()
-		cfg.Listen = listen
+		cfg.Listen = "127.0.0.1:0"
 		s, err := New(cfg, tb, nil, nil)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
 		go func() { done <- s.Run(ctx) }()
+		tick := time.NewTicker(5 * time.Millisecond)
+		defer tick.Stop()
+		for deadline := time.Now().Add(30 * time.Second); s.Addr() == nil; <-tick.C {
+			if time.Now().After(deadline) {
+				fmt.Fprintln(os.Stderr, "server not listening")
+				return 1
+			}
+		}
+		listen = s.Addr().String()
 	case "baseline":
-		go func() { done <- runBaseline(ctx, tb, listen) }()
+		lis, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		listen = lis.Addr().String()
+		go func() { done <- runBaseline(ctx, tb, lis) }()
 	default:
 		fmt.Fprintf(os.Stderr, "unknown mode %q\n", mode)
 		return 1
 	}
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	for deadline := time.Now().Add(30 * time.Second); ; <-tick.C {
-		if c, err := net.Dial("tcp", listen); err == nil {
-			c.Close()
-			break
-		}
-		if time.Now().After(deadline) {
-			fmt.Fprintln(os.Stderr, "server not listening")
-			return 1
-		}
-	}
-	fmt.Println("ready")
+	fmt.Println("ready", listen)
 	in := bufio.NewScanner(os.Stdin)
 	for in.Scan() {
 		f := strings.Fields(in.Text())

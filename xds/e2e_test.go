@@ -52,7 +52,8 @@ func TestEndToEndWithChecker(t *testing.T) {
 	check := health.DefaultCheck()
 	check.Kind = health.KindGRPC
 	check.Interval, check.UnhealthyInterval, check.EdgeInterval, check.Timeout = 200*time.Millisecond, 200*time.Millisecond, 50*time.Millisecond, 100*time.Millisecond
-	bound := time.Duration(check.UnhealthyThreshold)*check.Interval + 500*time.Millisecond
+	// settle bounds the waits: it catches a hang, not a speed (make bench-failover measures that).
+	const settle = 10 * time.Second
 
 	tb := table.New(table.Config{Default: table.DefaultPolicy()})
 	members := make(chan discovery.Membership, 1)
@@ -87,9 +88,9 @@ func TestEndToEndWithChecker(t *testing.T) {
 	leaves := func(b *liveBackend, how string) {
 		t.Helper()
 		start := time.Now()
-		testutil.Eventually(t, bound, 5*time.Millisecond, func() bool { return spread(t, cc, 10)[b.addr] == 0 },
-			"no call to the "+how+" backend within unhealthy_threshold × interval + 500ms")
-		t.Logf("%s backend left after %s (bound %s)", how, time.Since(start), bound)
+		testutil.Eventually(t, settle, 5*time.Millisecond, func() bool { return spread(t, cc, 10)[b.addr] == 0 },
+			"calls still go to the "+how+" backend")
+		t.Logf("%s backend left after %s", how, time.Since(start))
 		if got := spread(t, cc, 60); got[b.addr] != 0 || got["error"] != 0 {
 			t.Fatalf("calls to the %s backend: %v", how, got)
 		}
@@ -111,7 +112,7 @@ func TestEndToEndWithChecker(t *testing.T) {
 	// Killed, then revived on the same address.
 	bs[1].stop()
 	leaves(bs[1], "killed")
-	testutil.Eventually(t, bound, 5*time.Millisecond, func() bool {
+	testutil.Eventually(t, settle, 5*time.Millisecond, func() bool {
 		return tb.Snapshot().Lookup("api").Instances[1].State == table.Unhealthy
 	}, "the killed backend unhealthy in the table (and so UNHEALTHY over xDS)")
 	bs[1].start()

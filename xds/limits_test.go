@@ -13,6 +13,7 @@ import (
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	promtest "github.com/prometheus/client_golang/prometheus/testutil"
 	"golang.org/x/net/http2"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -121,8 +122,11 @@ func TestMaxConnections(t *testing.T) {
 		t.Errorf("vigil_xds_rejected_total{what=connection} = %v, want 1", n)
 	}
 	held[0].Close()
-	// The freed slot serves a real client.
-	ads, err := discoverygrpc.NewAggregatedDiscoveryServiceClient(dial(t, addr)).StreamAggregatedResources(context.Background())
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	// The freed slot serves a real client, once the server has seen the close (until then a
+	// connection is still refused: the client waits for ready and dials again).
+	ads, err := discoverygrpc.NewAggregatedDiscoveryServiceClient(dial(t, addr)).StreamAggregatedResources(ctx, grpc.WaitForReady(true))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -24,7 +24,7 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
-// runServer starts an xDS server for tb on a free loopback port and stops it when the test ends.
+// runServer starts an xDS server for tb on 127.0.0.1:0 (it reports the bound address) and stops it when the test ends.
 func runServer(t testing.TB, tb *table.Table, mod func(*Config)) (*Server, string, *prometheus.Registry) {
 	t.Helper()
 	cfg := DefaultConfig()

@@ -36,7 +36,7 @@ import (
 // Server is vigil's xDS control plane: ADS and the separate CDS, EDS, LDS and RDS services,
 // state-of-the-world and delta, fed from the table's snapshots.
 type Server struct {
-	table *table.Table
+	table Table
 	log   *slog.Logger
 	m     *metrics
 	creds credentials.TransportCredentials // nil: plaintext
@@ -83,9 +83,16 @@ type pushedSet struct {
 	res     *Resources
 }
 
+// Table is what the xDS server reads of the endpoint table (*table.Table): the current snapshot,
+// and a signal after each new one.
+type Table interface {
+	Snapshot() *table.Snapshot
+	Subscribe() (<-chan struct{}, func())
+}
+
 // New returns a server for the table's snapshots. cfg must be valid; the TLS files are
 // read now, and the version epoch is taken (and saved to cfg.VersionFile).
-func New(cfg Config, t *table.Table, reg prometheus.Registerer, log *slog.Logger) (*Server, error) {
+func New(cfg Config, t Table, reg prometheus.Registerer, log *slog.Logger) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("xds: %w", err)
 	}
@@ -317,7 +324,7 @@ func (s *Server) push(since time.Time) bool {
 		staged[key] = &pushedSet{version: version, cfg: cfg, res: next}
 	}
 	for _, name := range snap.Names {
-		if u := snap.Upstreams[name]; u != nil {
+		if u := snap.Upstreams[name]; u != nil && !u.Local {
 			apply(name, u.Version, func() *Resources { return TranslateUpstream(u, cfg) })
 		}
 	}
@@ -326,7 +333,7 @@ func (s *Server) push(since time.Time) bool {
 		apply(inbound, 0, func() *Resources { return translateInbound(&cfg.Inbound) })
 	}
 	for key, old := range s.pushed {
-		if _, ok := snap.Upstreams[key]; !ok && (key != inbound || cfg.Inbound.Name == "") {
+		if u, ok := snap.Upstreams[key]; (!ok || u.Local) && (key != inbound || cfg.Inbound.Name == "") {
 			diff(old.res, nil, &upd, &del)
 			staged[key] = nil
 		}

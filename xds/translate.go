@@ -50,10 +50,11 @@ func outboundName(upstream string) string { return "outbound/" + upstream }
 func inboundName(service string) string   { return "inbound/" + service }
 
 // Translate turns a table snapshot into Envoy resources: a pure function of its arguments.
+// The local service's reserved upstream (table.LocalPrefix) is not a destination: skipped.
 func Translate(s *table.Snapshot, cfg *Config) *Resources {
 	r := newResources()
 	for _, name := range s.Names {
-		if u := s.Upstreams[name]; u != nil {
+		if u := s.Upstreams[name]; u != nil && !u.Local {
 			TranslateUpstream(u, cfg).into(r)
 		}
 	}

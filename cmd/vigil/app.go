@@ -170,7 +170,7 @@ func (a *app) apply(cfg *configs.Config) []string {
 func forwards(cfg *configs.Config) map[string]forward.Config {
 	m := cfg.Forwards()
 	for name := range m {
-		if strings.HasPrefix(name, localPrefix) {
+		if strings.HasPrefix(name, table.LocalPrefix) {
 			delete(m, name)
 		}
 	}

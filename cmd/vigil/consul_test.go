@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/json"
 	"fmt"
@@ -9,7 +10,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -20,49 +23,60 @@ import (
 	"github.com/vigil-sidecar/vigil/proxy/admin"
 )
 
-// startConsul runs a real Consul dev agent on free loopback ports until the test ends; it
-// returns its HTTP address.
+// startConsul runs a real Consul dev agent on loopback ports until the test ends; it returns
+// its HTTP address. Consul cannot be handed listeners: the ports are picked (each held until all
+// are picked, so distinct), and if another process takes one before Consul binds it, Consul
+// exits and is started again on new ones, three times at most.
 func startConsul(t *testing.T) string {
 	t.Helper()
 	bin := testutil.Need(t, "consul")
-	// Hold every port open until all are chosen, so that no two are the same.
-	var held []net.Listener
-	p := func() string {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
+	var logs bytes.Buffer
+	for range 3 {
+		var held []net.Listener
+		p := func() string {
+			l, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			held = append(held, l)
+			return strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
+		}
+		httpPort := p()
+		ports := []string{p(), p(), p(), p()}
+		for _, l := range held {
+			l.Close()
+		}
+		logs.Reset()
+		cmd := exec.Command(bin, "agent", "-dev", "-node", "e2e", "-bind", "127.0.0.1", "-client", "127.0.0.1",
+			"-http-port", httpPort, "-dns-port", ports[0], "-serf-lan-port", ports[1], "-serf-wan-port", ports[2], "-server-port", ports[3],
+			"-grpc-port", "-1", "-grpc-tls-port", "-1", "-log-level", "warn")
+		cmd.Stdout, cmd.Stderr = &logs, &logs
+		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
-		held = append(held, l)
-		return strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
-	}
-	httpPort := p()
-	ports := []string{p(), p(), p(), p()}
-	for _, l := range held {
-		l.Close()
-	}
-	var logs bytes.Buffer
-	cmd := exec.Command(bin, "agent", "-dev", "-node", "e2e", "-bind", "127.0.0.1", "-client", "127.0.0.1",
-		"-http-port", httpPort, "-dns-port", ports[0], "-serf-lan-port", ports[1], "-serf-wan-port", ports[2], "-server-port", ports[3],
-		"-grpc-port", "-1", "-grpc-tls-port", "-1", "-log-level", "warn")
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { cmd.Wait(); close(done) }()
-	t.Cleanup(func() { syscall.Kill(cmd.Process.Pid, syscall.SIGKILL); <-done })
-	addr := "127.0.0.1:" + httpPort
-	c := consulClient(t, addr)
-	testutil.Eventually(t, 30*time.Second, 50*time.Millisecond, func() bool {
-		select {
-		case <-done:
-			t.Fatalf("consul exited:\n%s", logs.String())
-		default:
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		t.Cleanup(func() { syscall.Kill(cmd.Process.Pid, syscall.SIGKILL); <-done })
+		addr := "127.0.0.1:" + httpPort
+		c := consulClient(t, addr)
+		exited := false
+		testutil.Eventually(t, 30*time.Second, 50*time.Millisecond, func() bool {
+			select {
+			case <-done:
+				exited = true
+				return true
+			default:
+			}
+			l, err := c.Status().Leader()
+			return err == nil && l != ""
+		}, "consul up")
+		if !exited {
+			return addr
 		}
-		l, err := c.Status().Leader()
-		return err == nil && l != ""
-	}, "consul up")
-	return addr
+		t.Logf("consul exited (a port taken?), starting it again:\n%s", logs.String())
+	}
+	t.Fatalf("consul did not start in 3 tries:\n%s", logs.String())
+	return ""
 }
 
 func consulClient(t *testing.T, addr string) *api.Client {
@@ -93,11 +107,12 @@ func TestConsulEndToEnd(t *testing.T) {
 		Port: upstream.Addr().(*net.TCPAddr).Port}); err != nil {
 		t.Fatal(err)
 	}
-	adminAddr := "127.0.0.1:" + strconv.Itoa(testutil.FreePort(t))
 	localPort := local.Addr().(*net.TCPAddr).Port
 	cfg := filepath.Join(t.TempDir(), "vigil.yaml")
 	os.WriteFile(cfg, []byte(fmt.Sprintf(`
-admin: {listen: %q}
+admin: {listen: "127.0.0.1:0"}
+xds: {listen: "127.0.0.1:0"}
+dns: {listen: "127.0.0.1:0"}
 discovery: {state_file: %q}
 consul: {enabled: true, address: %q, wait_time: 5s}
 service:
@@ -111,14 +126,10 @@ upstreams:
   - name: api
     consul: {}
     check: {kind: tcp, interval: 200ms, unhealthy_interval: 200ms, timeout: 100ms}
-`, adminAddr, filepath.Join(t.TempDir(), "state.json"), addr, localPort)), 0o600)
+`, filepath.Join(t.TempDir(), "state.json"), addr, localPort)), 0o600)
 	cmd := exec.Command(os.Args[0], "run", "-config", cfg)
 	cmd.Env = append(os.Environ(), "VIGIL_TEST_MAIN=1")
-	var logs bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	logs, adminAddr := startLogged(t, cmd)
 	var exitErr error
 	done := make(chan struct{})
 	go func() { exitErr = cmd.Wait(); close(done) }()
@@ -131,6 +142,10 @@ upstreams:
 		}
 	}()
 
+	adminURL := <-adminAddr
+	if adminURL == "" {
+		t.Fatalf("vigil did not start its admin server:\n%s", logs.String())
+	}
 	checkID := "vigil:web-127.0.0.1-" + strconv.Itoa(localPort)
 	status := func() string {
 		checks, _, err := c.Health().Checks("web", nil)
@@ -147,7 +162,7 @@ upstreams:
 	testutil.Eventually(t, 15*time.Second, 20*time.Millisecond, func() bool { return status() == api.HealthPassing },
 		"the local service registered and passing")
 	testutil.Eventually(t, 15*time.Second, 20*time.Millisecond, func() bool {
-		resp, err := http.Get("http://" + adminAddr + "/v1/upstreams/api")
+		resp, err := http.Get("http://" + adminURL + "/v1/upstreams/api")
 		if err != nil {
 			return false
 		}
@@ -179,4 +194,63 @@ upstreams:
 	if st := status(); st != "absent" {
 		t.Errorf("after exit the check is %s, want deregistered", st)
 	}
+}
+
+// syncBuffer is a bytes.Buffer safe for one writer and concurrent readers.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+var adminServing = regexp.MustCompile(`msg="admin: serving" addr=(\S+)`)
+
+// startLogged starts cmd (vigil as a process, its admin server on port 0) and collects its log;
+// the channel gives the address the admin server reports once it listens, or "" if the log ends
+// first or within 30 s it does not come.
+func startLogged(t *testing.T, cmd *exec.Cmd) (*syncBuffer, <-chan string) {
+	t.Helper()
+	logs := new(syncBuffer)
+	cmd.Stdout = logs
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	found := make(chan string, 1)
+	addrc := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		sent := false
+		for sc.Scan() {
+			logs.Write(append(sc.Bytes(), '\n'))
+			if m := adminServing.FindStringSubmatch(sc.Text()); m != nil && !sent {
+				found <- m[1]
+				sent = true
+			}
+		}
+		close(found)
+	}()
+	go func() {
+		select {
+		case a := <-found:
+			addrc <- a
+		case <-time.After(30 * time.Second):
+			addrc <- ""
+		}
+	}()
+	return logs, addrc
 }

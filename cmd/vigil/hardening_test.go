@@ -92,7 +92,7 @@ func TestSignalsDuringStart(t *testing.T) {
 				t.Fatal(err)
 			}
 			t.Cleanup(func() { cmd.Process.Kill() })
-			yml := fmt.Sprintf("admin: {listen: \"127.0.0.1:0\"}\nxds: {listen: \"127.0.0.1:0\"}\ndns: {listen: \"127.0.0.1:0\"}\nupstreams:\n  - name: a\n    instances: [{address: 127.0.0.1, port: %d}]\n", testutil.FreePort(t))
+			yml := fmt.Sprintf("admin: {listen: \"127.0.0.1:0\"}\nxds: {listen: \"127.0.0.1:0\"}\ndns: {listen: \"127.0.0.1:0\"}\nupstreams:\n  - name: a\n    instances: [{address: 127.0.0.1, port: %d}]\n", testutil.ClosedPort(t))
 			opened := make(chan *os.File, 2)
 			open := func() {
 				f, err := os.OpenFile(fifo, os.O_WRONLY, 0) // blocks until vigil opens it

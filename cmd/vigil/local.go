@@ -10,13 +10,9 @@ import (
 	"github.com/vigil-sidecar/vigil/proxy/table"
 )
 
-// localPrefix starts the reserved upstream name under which the table holds the local service
-// (the `service:` section): "local:web". No configured upstream can take it (a ':' is not
-// allowed in upstream names), so it never merges with one, and no DNS name asks for it.
-const localPrefix = "local:"
-
-// localUpstream returns the reserved upstream name of the local service named name.
-func localUpstream(name string) string { return localPrefix + name }
+// localUpstream returns the reserved upstream name of the local service named name
+// (table.LocalPrefix): the table holds its status; DNS and xDS do not serve it.
+func localUpstream(name string) string { return table.LocalUpstream(name) }
 
 // localSource is the discovery source of the local service: one instance, one group, so that
 // the one health checker probes it like any instance and the table holds its status.

@@ -8,7 +8,6 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -97,24 +96,6 @@ func TestStatusJSON(t *testing.T) {
 	if err := json.Unmarshal([]byte(first), &u); err != nil || u.Name != "db" || len(u.Instances) != 2 {
 		t.Errorf("watch JSON line: %v %q", err, first)
 	}
-}
-
-// syncBuffer is a bytes.Buffer that the watcher writes while the test reads.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // TestStatusWatchAndTransitions: -watch redraws from the event stream when an instance is

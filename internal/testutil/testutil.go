@@ -26,17 +26,6 @@ func Need(t testing.TB, name string) string {
 	return ""
 }
 
-// FreePort returns a TCP port that is free on 127.0.0.1 right now.
-func FreePort(t testing.TB) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 // Eventually polls cond every tick until it is true or timeout passes, then fails with msg.
 func Eventually(t testing.TB, timeout, tick time.Duration, cond func() bool, msg string) {
 	t.Helper()

@@ -23,7 +23,7 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// serve runs an admin server on a free loopback port until the test ends.
+// serve runs an admin server on 127.0.0.1:0 until the test ends and returns its bound address.
 func serve(t *testing.T, tb *table.Table, reg *prometheus.Registry) string {
 	t.Helper()
 	s := admin.New(admin.Config{Listen: "127.0.0.1:0"}, tb, reg, nil)

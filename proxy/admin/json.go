@@ -20,7 +20,10 @@ type Table struct {
 
 // Upstream is the JSON form of one upstream (GET /v1/upstreams/{name}).
 type Upstream struct {
-	Name     string       `json:"name"`
+	Name string `json:"name"`
+	// Local marks the local service (the `service:` section, upstream "local:NAME"): probed
+	// like any instance for the Consul registration, never served by DNS, xDS or the forwarder.
+	Local    bool         `json:"local,omitempty"`
 	Version  uint64       `json:"version"`
 	Healthy  int          `json:"healthy"`
 	Total    int          `json:"total"`
@@ -62,7 +65,7 @@ type Probe struct {
 
 func upstreamJSON(u *table.Upstream, now time.Time, h *history) Upstream {
 	out := Upstream{
-		Name: u.Name, Version: u.Version, Healthy: u.Healthy, Total: u.Total, Served: len(u.Served),
+		Name: u.Name, Local: u.Local, Version: u.Version, Healthy: u.Healthy, Total: u.Total, Served: len(u.Served),
 		Panic: u.Panic, Failover: u.Failover, Policy: u.Policy, Synced: u.Synced,
 		Instances: make([]Instance, len(u.Instances)),
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -77,7 +78,7 @@ func benchServe(addr string) int {
 	go func() { done <- s.Run(ctx) }()
 	select {
 	case <-s.Ready():
-		fmt.Println("ready")
+		fmt.Println("ready", s.Addr())
 	case err := <-done:
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -107,7 +108,10 @@ func startPeer(b *testing.B, name string, port int, cmd *exec.Cmd) *peer {
 // launch starts cmd and stops it when the benchmark ends.
 func launch(b *testing.B, name string, port int, cmd *exec.Cmd) *peer {
 	b.Helper()
-	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
+	if cmd.Stdout == nil {
+		cmd.Stdout = io.Discard
+	}
+	cmd.Stderr = io.Discard
 	if testing.Verbose() {
 		cmd.Stderr = os.Stderr
 	}
@@ -131,15 +135,61 @@ func launch(b *testing.B, name string, port int, cmd *exec.Cmd) *peer {
 // waitAnswers waits until a query for web.service.consul. SRV gets every instance.
 func waitAnswers(b *testing.B, p *peer) {
 	b.Helper()
+	if !answers(p, time.Minute) {
+		b.Fatalf("%s does not answer web.service.consul. SRV with every instance", p.name)
+	}
+}
+
+// answers reports whether p answers web.service.consul. SRV with every instance within d.
+func answers(p *peer, d time.Duration) bool {
 	addr := fmt.Sprintf("127.0.0.1:%d", p.port)
 	c := &mdns.Client{Timeout: 500 * time.Millisecond}
-	testutil.Eventually(b, time.Minute, 100*time.Millisecond, func() bool {
+	deadline := time.After(d)
+	for {
 		m := new(mdns.Msg)
 		m.SetQuestion("web.service.consul.", mdns.TypeSRV)
 		m.SetEdns0(4096, false)
-		r, _, err := c.Exchange(m, addr)
-		return err == nil && len(r.Answer) == benchInstances
-	}, p.name+" does not answer web.service.consul. SRV with every instance")
+		if r, _, err := c.Exchange(m, addr); err == nil && len(r.Answer) == benchInstances {
+			return true
+		}
+		select {
+		case <-deadline:
+			return false
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// startVigil starts the bare vigil DNS server, the test binary run with benchServeEnv: it
+// listens on a port of its own and reports it on its first line ("ready ADDR").
+func startVigil(b *testing.B, name string, cmd *exec.Cmd) *peer {
+	b.Helper()
+	cmd.Env = append(cmd.Env, benchServeEnv+"=127.0.0.1:0")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	p := launch(b, name, 0, cmd)
+	line := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(out)
+		sc.Scan()
+		line <- sc.Text()
+		io.Copy(io.Discard, out)
+	}()
+	select {
+	case l := <-line:
+		addr, ok := strings.CutPrefix(l, "ready ")
+		ap, err := netip.ParseAddrPort(addr)
+		if !ok || err != nil {
+			b.Fatalf("%s: first line %q, want ready ADDR", name, l)
+		}
+		p.port = int(ap.Port())
+	case <-time.After(time.Minute):
+		b.Fatalf("%s did not start", name)
+	}
+	waitAnswers(b, p)
+	return p
 }
 
 // result is one dnsperf run against one peer.
@@ -266,10 +316,9 @@ func BenchmarkDNSPerf(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	vp := testutil.FreePort(b)
 	vcmd := exec.Command(self)
-	vcmd.Env = append(os.Environ(), fmt.Sprintf("%s=127.0.0.1:%d", benchServeEnv, vp))
-	peers := []*peer{startPeer(b, "vigil", vp, vcmd)}
+	vcmd.Env = os.Environ()
+	peers := []*peer{startVigil(b, "vigil", vcmd)}
 	peers = append(peers, startCoreDNS(b, coredns, dir))
 	peers = append(peers, startConsul(b, consul, dir))
 
@@ -352,14 +401,13 @@ func BenchmarkDNSPerfRRL(b *testing.B) {
 	}
 	var peers []*peer
 	for _, rrl := range []bool{false, true} {
-		port := testutil.FreePort(b)
 		cmd := exec.Command(self)
-		cmd.Env = append(os.Environ(), fmt.Sprintf("%s=127.0.0.1:%d", benchServeEnv, port))
+		cmd.Env = os.Environ()
 		name := "vigil"
 		if rrl {
 			cmd.Env, name = append(cmd.Env, benchRRLEnv+"=1"), "vigil+rrl"
 		}
-		peers = append(peers, startPeer(b, name, port, cmd))
+		peers = append(peers, startVigil(b, name, cmd))
 	}
 	for range b.N {
 		res := map[string][]result{}

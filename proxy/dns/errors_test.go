@@ -129,7 +129,7 @@ func recursor(t *testing.T) string {
 
 func TestForwarding(t *testing.T) {
 	good := recursor(t)
-	dead := "127.0.0.1:" + itoa(testutil.FreePort(t)) // nothing listens: udp gets ECONNREFUSED or a timeout
+	dead := "127.0.0.1:" + itoa(testutil.ClosedPort(t)) // nothing answers: tcp is refused, udp times out
 	cfg := dns.DefaultConfig()
 	cfg.Recursors = []string{dead, good}
 	cfg.RecursorTimeout = 300 * time.Millisecond
@@ -162,7 +162,7 @@ func TestForwarding(t *testing.T) {
 
 func TestForwardAllFail(t *testing.T) {
 	cfg := dns.DefaultConfig()
-	cfg.Recursors = []string{"127.0.0.1:" + itoa(testutil.FreePort(t))}
+	cfg.Recursors = []string{"127.0.0.1:" + itoa(testutil.ClosedPort(t))}
 	cfg.RecursorTimeout = 200 * time.Millisecond
 	s, _ := serve(t, cfg, newTable(table.Config{}, basic()))
 	for _, nt := range nets {

@@ -71,7 +71,7 @@ func setUpstreams(t *table.Table, ups map[string][]inst) {
 	t.SetMembership(mem, st)
 }
 
-// serve starts a Server on a free loopback port and stops it when the test ends.
+// serve starts a Server on 127.0.0.1:0 (Addr reports the bound port) and stops it when the test ends.
 func serve(t testing.TB, cfg dns.Config, tb *table.Table, opts ...func(*dns.Server)) (*dns.Server, *prometheus.Registry) {
 	t.Helper()
 	cfg.Listen = "127.0.0.1:0"

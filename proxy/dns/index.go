@@ -53,6 +53,9 @@ const srvTarget = 16 // offset of the SRV target in rec.srv
 func (s *Server) buildIndex(snap *table.Snapshot, ttls *ttls, prev *index) *index {
 	ix := &index{version: snap.Version, ready: snap.Ready, ttls: ttls, services: make(map[string]*service, len(snap.Upstreams)), dcs: map[string]bool{s.localDC: true}}
 	for name, u := range snap.Upstreams {
+		if u.Local { // the local service's reserved upstream: not a destination
+			continue
+		}
 		ttl := ttls.of(name)
 		var svc *service
 		if prev != nil {

@@ -28,7 +28,7 @@ import (
 // TCP and the UDP queries off the fast path go through.
 type Server struct {
 	cfg      Config
-	table    *table.Table
+	table    Table
 	log      *slog.Logger
 	m        *metrics
 	localDC  string
@@ -64,8 +64,15 @@ const (
 
 var _ mdns.Handler = (*Server)(nil)
 
+// Table is what the DNS server reads of the endpoint table (*table.Table): the current snapshot,
+// and a signal after each new one.
+type Table interface {
+	Snapshot() *table.Snapshot
+	Subscribe() (<-chan struct{}, func())
+}
+
 // New returns a Server answering from t. reg and log may be nil.
-func New(cfg Config, t *table.Table, reg prometheus.Registerer, log *slog.Logger) (*Server, error) {
+func New(cfg Config, t Table, reg prometheus.Registerer, log *slog.Logger) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("dns: config: %w", err)
 	}

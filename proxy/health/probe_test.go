@@ -106,7 +106,7 @@ func TestProbeKinds(t *testing.T) {
 	ca := caFile(t, tlsSrv)
 	tcp := tcpServer(t)
 	grpcAddr := grpcServer(t)
-	closed := fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(t))
+	closed := fmt.Sprintf("127.0.0.1:%d", testutil.ClosedPort(t))
 
 	with := func(kind string, f func(c *health.CheckConfig)) health.CheckConfig {
 		c := fast(kind)

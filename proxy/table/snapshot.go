@@ -3,6 +3,7 @@ package table
 import (
 	"cmp"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/vigil-sidecar/vigil/discovery"
@@ -47,9 +48,21 @@ type Snapshot struct {
 	Names     []string // upstream names, sorted
 }
 
+// LocalPrefix starts the reserved upstream name of the local service (the `service:` section):
+// "local:web". The table holds its status, for the Consul registration, /metrics and
+// /v1/upstreams, but no frontend serves it: it is vigil's own service, not a destination.
+// No configured upstream can take such a name (a ':' is not allowed in upstream names).
+const LocalPrefix = "local:"
+
+// LocalUpstream returns the reserved upstream name of the local service named service.
+func LocalUpstream(service string) string { return LocalPrefix + service }
+
 // Upstream is one upstream in a snapshot. Unchanged upstreams are shared between snapshots.
 type Upstream struct {
 	Name string
+	// Local is true for the local service's reserved upstream (see LocalPrefix): DNS and xDS
+	// skip it, the admin API shows it marked.
+	Local bool
 	// Version is the snapshot version in which this upstream last changed.
 	Version uint64
 	Policy  Policy
@@ -124,7 +137,7 @@ func (s *Snapshot) Instances(upstream string) ([]discovery.Instance, bool) {
 // maintenance holds and the policy.
 // It is a pure function: every frontend's policy comes from here.
 func build(mem *discovery.Upstream, statuses map[discovery.Key]health.Status, holds map[string]Hold, p Policy, zone string, version uint64) *Upstream {
-	u := &Upstream{Name: mem.Name, Version: version, Policy: p, Synced: mem.Synced}
+	u := &Upstream{Name: mem.Name, Local: strings.HasPrefix(mem.Name, LocalPrefix), Version: version, Policy: p, Synced: mem.Synced}
 	u.Instances = make([]Instance, len(mem.Instances))
 	for i, di := range mem.Instances {
 		in := Instance{Instance: di}
