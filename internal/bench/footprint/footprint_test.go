@@ -1,0 +1,141 @@
+package footprint
+
+import (
+	"fmt"
+	"math"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vigil-sidecar/vigil/internal/testutil"
+)
+
+// BenchmarkFootprint: see BENCHMARKS.md ("Footprint"). Each round measures, one after the other
+// (interleaved), vigil idle (no upstreams), then at each scale vigil probing every kind and a
+// Consul agent running as many HTTP checks against the same http backend; the table gives medians
+// over the rounds. VIGIL_FOOTPRINT_QUICK=1: one short round. VIGIL_FOOTPRINT_KINDS=http,tcp and
+// VIGIL_FOOTPRINT_SCALES=300 narrow it (Consul runs when http is among the kinds).
+func BenchmarkFootprint(b *testing.B) {
+	consul := testutil.Need(b, "consul")
+	dir := b.TempDir()
+	build := func(pkg, out string) string {
+		bin := filepath.Join(dir, out)
+		if msg, err := exec.Command("go", "build", "-o", bin, pkg).CombinedOutput(); err != nil {
+			b.Fatalf("go build %s: %v\n%s", pkg, err, msg)
+		}
+		return bin
+	}
+	vigil := build("github.com/vigil-sidecar/vigil/cmd/vigil", "vigil")
+	backendBin := build("github.com/vigil-sidecar/vigil/internal/bench/footprint/backend", "backend")
+
+	rounds, warm, window := 3, 1500*time.Millisecond, 2500*time.Millisecond
+	if os.Getenv("VIGIL_FOOTPRINT_QUICK") != "" {
+		rounds, warm, window = 1, time.Second, 1500*time.Millisecond
+	}
+	kinds := []string{"http", "https", "grpc", "tcp", "tls"}
+	if v := os.Getenv("VIGIL_FOOTPRINT_KINDS"); v != "" {
+		kinds = strings.Split(v, ",")
+	}
+	scales := []int{30, 300, 3000}
+	if v := os.Getenv("VIGIL_FOOTPRINT_SCALES"); v != "" {
+		scales = nil
+		for _, s := range strings.Split(v, ",") {
+			n, err := strconv.Atoi(s)
+			if err != nil {
+				b.Fatal(err)
+			}
+			scales = append(scales, n)
+		}
+	}
+	maxN := 0
+	for _, n := range scales {
+		maxN = max(maxN, n)
+	}
+	env := &Env{Dir: dir, Vigil: vigil, Consul: consul, Backends: map[string]*backend{}, Warm: warm, Window: window}
+	for _, k := range kinds {
+		be, err := startBackend(backendBin, k, maxN)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer be.close()
+		env.Backends[k] = be
+	}
+	type key struct {
+		who, kind string
+		n         int
+	}
+	var order []key
+	res := map[key][]Sample{}
+	add := func(k key, s Sample, err error) {
+		if err != nil {
+			b.Fatalf("%s %s %d: %v", k.who, k.kind, k.n, err)
+		}
+		if _, ok := res[k]; !ok {
+			order = append(order, k)
+		}
+		res[k] = append(res[k], s)
+	}
+	for b.Loop() {
+		start := time.Now()
+		for r := range rounds {
+			k := key{"vigil", "idle", 0}
+			s, err := RunVigil(env, "", 0)
+			add(k, s, err)
+			for _, n := range scales {
+				for _, kind := range kinds {
+					s, err := RunVigil(env, kind, n)
+					add(key{"vigil", kind, n}, s, err)
+				}
+				if env.Backends["http"] != nil {
+					s, err := RunConsul(env, n)
+					add(key{"consul", "http", n}, s, err)
+				}
+			}
+			b.Logf("round %d done at %s", r+1, time.Since(start).Round(time.Second))
+		}
+	}
+	var t strings.Builder
+	fmt.Fprintf(&t, "| prober | kind | instances | probes/s | cores | CPU per probe | lag p99 | RSS | backend CPU per probe |\n")
+	fmt.Fprintf(&t, "|---|---|---|---|---|---|---|---|---|\n")
+	perProbe := map[key]float64{}
+	for _, k := range order {
+		col := func(f func(Sample) float64) float64 {
+			var xs []float64
+			for _, s := range res[k] {
+				xs = append(xs, f(s))
+			}
+			return median(xs)
+		}
+		pp := col(func(s Sample) float64 { return s.PerProbe })
+		perProbe[k] = pp
+		lag := "–"
+		if l := col(func(s Sample) float64 { return s.LagP99 }); !math.IsNaN(l) {
+			lag = fmt.Sprintf("≤ %g ms", l)
+		}
+		fmt.Fprintf(&t, "| %s | %s | %d | %.0f | %.4f | %s | %s | %.1f MB | %s |\n", k.who, k.kind, k.n,
+			col(func(s Sample) float64 { return s.Probes }), col(func(s Sample) float64 { return s.Cores }),
+			us(pp), lag, col(func(s Sample) float64 { return s.RSS }), us(col(func(s Sample) float64 { return s.BackendPer })))
+		if k.who == "vigil" && k.kind != "idle" {
+			b.ReportMetric(pp, fmt.Sprintf("µs/probe-%s-%d", k.kind, k.n))
+		}
+	}
+	for _, n := range scales {
+		v, c := perProbe[key{"vigil", "http", n}], perProbe[key{"consul", "http", n}]
+		if v > 0 && c > 0 {
+			fmt.Fprintf(&t, "\nAt %d HTTP instances Consul's agent spends %.1f× vigil's CPU per probe.", n, c/v)
+		}
+	}
+	b.Logf("footprint, %d rounds, window %s after %s of warm-up (medians; the machine is shared, figures are noisy):\n%s",
+		rounds, window, warm, t.String())
+}
+
+func us(x float64) string {
+	if math.IsNaN(x) {
+		return "–"
+	}
+	return fmt.Sprintf("%.0f µs", x)
+}
