@@ -19,6 +19,8 @@ import (
 // Consul agent running as many HTTP checks against the same http backend; the table gives medians
 // over the rounds. VIGIL_FOOTPRINT_QUICK=1: one short round. VIGIL_FOOTPRINT_KINDS=http,tcp and
 // VIGIL_FOOTPRINT_SCALES=300 narrow it (Consul runs when http is among the kinds).
+// VIGIL_FOOTPRINT_BASELINE=path measures that vigil binary too (rows "vigil-base"), interleaved:
+// before and after a change in one run.
 func BenchmarkFootprint(b *testing.B) {
 	consul := testutil.Need(b, "consul")
 	dir := b.TempDir()
@@ -55,7 +57,8 @@ func BenchmarkFootprint(b *testing.B) {
 	for _, n := range scales {
 		maxN = max(maxN, n)
 	}
-	env := &Env{Dir: dir, Vigil: vigil, Consul: consul, Backends: map[string]*backend{}, Warm: warm, Window: window}
+	env := &Env{Dir: dir, Vigil: vigil, Consul: consul, Backends: map[string]*backend{}, Warm: warm, Window: window,
+		Baseline: os.Getenv("VIGIL_FOOTPRINT_BASELINE")}
 	for _, k := range kinds {
 		be, err := startBackend(backendBin, k, maxN)
 		if err != nil {
@@ -82,13 +85,20 @@ func BenchmarkFootprint(b *testing.B) {
 	for b.Loop() {
 		start := time.Now()
 		for r := range rounds {
-			k := key{"vigil", "idle", 0}
-			s, err := RunVigil(env, "", 0)
-			add(k, s, err)
+			s, err := RunVigil(env, env.Vigil, "", 0)
+			add(key{"vigil", "idle", 0}, s, err)
+			if env.Baseline != "" {
+				s, err := RunVigil(env, env.Baseline, "", 0)
+				add(key{"vigil-base", "idle", 0}, s, err)
+			}
 			for _, n := range scales {
 				for _, kind := range kinds {
-					s, err := RunVigil(env, kind, n)
+					s, err := RunVigil(env, env.Vigil, kind, n)
 					add(key{"vigil", kind, n}, s, err)
+					if env.Baseline != "" {
+						s, err := RunVigil(env, env.Baseline, kind, n)
+						add(key{"vigil-base", kind, n}, s, err)
+					}
 				}
 				if env.Backends["http"] != nil {
 					s, err := RunConsul(env, n)
@@ -127,6 +137,11 @@ func BenchmarkFootprint(b *testing.B) {
 		v, c := perProbe[key{"vigil", "http", n}], perProbe[key{"consul", "http", n}]
 		if v > 0 && c > 0 {
 			fmt.Fprintf(&t, "\nAt %d HTTP instances Consul's agent spends %.1f× vigil's CPU per probe.", n, c/v)
+		}
+		for _, kind := range kinds {
+			if base := perProbe[key{"vigil-base", kind, n}]; base > 0 && perProbe[key{"vigil", kind, n}] > 0 {
+				fmt.Fprintf(&t, "\n%s at %d: the baseline spends %.1f× this vigil's CPU per probe.", kind, n, base/perProbe[key{"vigil", kind, n}])
+			}
 		}
 	}
 	b.Logf("footprint, %d rounds, window %s after %s of warm-up (medians; the machine is shared, figures are noisy):\n%s",

@@ -17,6 +17,8 @@ import (
 // Env is what a run needs: binaries, a directory for configs and logs, and the backends by kind.
 type Env struct {
 	Dir, Vigil, Consul string
+	Baseline           string // another vigil binary measured alongside (before/after), or ""
+
 	Backends           map[string]*backend
 	Warm, Window       time.Duration
 }
@@ -54,8 +56,8 @@ func vigilConfig(kind string, n, port int, admin, dns, xds string) string {
 	return b.String()
 }
 
-// RunVigil measures vigil probing n instances of kind (n = 0: idle, no upstreams).
-func RunVigil(env *Env, kind string, n int) (Sample, error) {
+// RunVigil measures vigil (the binary bin) probing n instances of kind (n = 0: idle, no upstreams).
+func RunVigil(env *Env, bin, kind string, n int) (Sample, error) {
 	var ports [3]int
 	for i := range ports {
 		p, err := freePort()
@@ -81,7 +83,7 @@ func RunVigil(env *Env, kind string, n int) (Sample, error) {
 		return Sample{}, err
 	}
 	defer log.Close()
-	p, err := start(log, env.Vigil, "run", "-config", cfg)
+	p, err := start(log, bin, "run", "-config", cfg)
 	if err != nil {
 		return Sample{}, err
 	}
