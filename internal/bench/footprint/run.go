@@ -19,8 +19,8 @@ type Env struct {
 	Dir, Vigil, Consul string
 	Baseline           string // another vigil binary measured alongside (before/after), or ""
 
-	Backends           map[string]*backend
-	Warm, Window       time.Duration
+	Backends     map[string]*backend
+	Warm, Window time.Duration
 }
 
 // Sample is one measured window of one setup.
