@@ -13,6 +13,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log"
 	"math/big"
 	"net"
 	"net/http"
@@ -55,7 +56,8 @@ func main() {
 	})
 	switch *kind {
 	case "http", "https":
-		srv := &http.Server{Handler: handler, IdleTimeout: time.Minute}
+		// Handshakes cut short when a prober is killed are no news here.
+		srv := &http.Server{Handler: handler, IdleTimeout: time.Minute, ErrorLog: log.New(io.Discard, "", 0)}
 		for _, l := range ls {
 			if *kind == "https" {
 				l = tls.NewListener(l, tcfg)
