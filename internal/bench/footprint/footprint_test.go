@@ -34,9 +34,9 @@ func BenchmarkFootprint(b *testing.B) {
 	vigil := build("github.com/vigil-sidecar/vigil/cmd/vigil", "vigil")
 	backendBin := build("github.com/vigil-sidecar/vigil/internal/bench/footprint/backend", "backend")
 
-	rounds, warm, window := 3, 1500*time.Millisecond, 2500*time.Millisecond
+	rounds, warm, window := 3, time.Second, 2*time.Second
 	if os.Getenv("VIGIL_FOOTPRINT_QUICK") != "" {
-		rounds, warm, window = 1, time.Second, 1500*time.Millisecond
+		rounds, warm, window = 1, 800*time.Millisecond, 1500*time.Millisecond
 	}
 	kinds := []string{"http", "https", "grpc", "tcp", "tls"}
 	if v := os.Getenv("VIGIL_FOOTPRINT_KINDS"); v != "" {
