@@ -17,7 +17,8 @@ import (
 // BenchmarkFootprint: see BENCHMARKS.md ("Footprint"). Each round measures, one after the other
 // (interleaved), vigil idle (no upstreams), then at each scale vigil probing every kind and a
 // Consul agent running as many HTTP checks against the same http backend; the table gives medians
-// over the rounds. VIGIL_FOOTPRINT_QUICK=1: one short round. VIGIL_FOOTPRINT_KINDS=http,tcp and
+// over the rounds. Each window starts once the backend answers 90% of the scheduled probes (after
+// at most 15 s; "not steady" marks a setup that did not get there). VIGIL_FOOTPRINT_QUICK=1: one short round. VIGIL_FOOTPRINT_KINDS=http,tcp and
 // VIGIL_FOOTPRINT_SCALES=300 narrow it (Consul runs when http is among the kinds).
 // VIGIL_FOOTPRINT_BASELINE=path measures that vigil binary too (rows "vigil-base"), interleaved:
 // before and after a change in one run.
@@ -126,8 +127,14 @@ func BenchmarkFootprint(b *testing.B) {
 		if l := col(func(s Sample) float64 { return s.LagP99 }); !math.IsNaN(l) {
 			lag = fmt.Sprintf("≤ %g ms", l)
 		}
-		fmt.Fprintf(&t, "| %s | %s | %d | %.0f | %.4f | %s | %s | %.1f MB | %s |\n", k.who, k.kind, k.n,
-			col(func(s Sample) float64 { return s.Probes }), col(func(s Sample) float64 { return s.Cores }),
+		steady := ""
+		for _, s := range res[k] {
+			if !s.Steady {
+				steady = " (not steady)"
+			}
+		}
+		fmt.Fprintf(&t, "| %s | %s | %d | %.0f%s | %.4f | %s | %s | %.1f MB | %s |\n", k.who, k.kind, k.n,
+			col(func(s Sample) float64 { return s.Probes }), steady, col(func(s Sample) float64 { return s.Cores }),
 			us(pp), lag, col(func(s Sample) float64 { return s.RSS }), us(col(func(s Sample) float64 { return s.BackendPer })))
 		if k.who == "vigil" && k.kind != "idle" {
 			b.ReportMetric(pp, fmt.Sprintf("µs/probe-%s-%d", k.kind, k.n))

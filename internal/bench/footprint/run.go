@@ -27,6 +27,39 @@ type Sample struct {
 	LagP99     float64 // ms, upper bound of the histogram bucket (vigil only; NaN otherwise)
 	RSS        float64 // MB at the end of the window
 	BackendPer float64 // µs of the backend's CPU per probe
+	Steady     bool    // the warm-up reached 90% of the scheduled probe rate
+}
+
+// maxWarm bounds the wait for a prober to reach its steady probe rate (at 3,000 instances, the
+// first TLS handshakes or gRPC connections take many seconds of CPU on a small machine).
+const maxWarm = 15 * time.Second
+
+// warmUp waits env.Warm, then until the backend answers at least 90% of n probes per second
+// (at most maxWarm); it reports whether it did.
+func warmUp(env *Env, be *backend, n int) (bool, error) {
+	time.Sleep(env.Warm)
+	if be == nil || n == 0 {
+		return true, nil
+	}
+	deadline := time.Now().Add(maxWarm)
+	for {
+		c0, err := be.count()
+		if err != nil {
+			return false, err
+		}
+		t0 := time.Now()
+		time.Sleep(500 * time.Millisecond)
+		c1, err := be.count()
+		if err != nil {
+			return false, err
+		}
+		if float64(c1-c0)/time.Since(t0).Seconds() >= 0.9*float64(n) {
+			return true, nil
+		}
+		if time.Now().After(deadline) {
+			return false, nil
+		}
+	}
 }
 
 // vigilConfig is vigil's configuration with n instances of kind (none: no upstreams), in
@@ -87,7 +120,10 @@ func RunVigil(env *Env, bin, kind string, n int) (Sample, error) {
 	if err := waitHTTP("http://"+admin+"/metrics", 20*time.Second, p.done); err != nil {
 		return Sample{}, fmt.Errorf("%w (log in %s)", err, env.Dir)
 	}
-	time.Sleep(env.Warm)
+	steady, err := warmUp(env, be, n)
+	if err != nil {
+		return Sample{}, err
+	}
 	before, err := lagBuckets(admin)
 	if err != nil {
 		return Sample{}, err
@@ -101,6 +137,7 @@ func RunVigil(env *Env, bin, kind string, n int) (Sample, error) {
 		return Sample{}, err
 	}
 	s.LagP99 = p99(before, after) * 1000
+	s.Steady = steady
 	return s, nil
 }
 
@@ -182,6 +219,11 @@ func RunConsul(env *Env, n int) (Sample, error) {
 	if err := waitHTTP("http://"+httpAddr+"/v1/status/leader", 30*time.Second, p.done); err != nil {
 		return Sample{}, fmt.Errorf("%w (log in %s)", err, env.Dir)
 	}
-	time.Sleep(env.Warm + time.Second) // the leader's first sync of the checks settles
-	return measure(env, p, be)
+	steady, err := warmUp(env, be, n)
+	if err != nil {
+		return Sample{}, err
+	}
+	s, err := measure(env, p, be)
+	s.Steady = steady
+	return s, err
 }
