@@ -40,7 +40,7 @@ bench-failover: tools
 # What vigil costs a pod: CPU per probe (every kind), cores, scheduling lag, RSS, the backend's CPU per
 # probe at 30/300/3,000 instances, and idle CPU, against a Consul agent's HTTP checks; ~4 minutes.
 # QUICK=1: one short round, ~1 minute. (Also part of `make bench`.)
-bench-footprint: tools build
+bench-footprint: tools
 	$(if $(QUICK),VIGIL_FOOTPRINT_QUICK=1) $(GO) test -run '^$$' -bench BenchmarkFootprint -benchtime 1x -count 1 -timeout 20m -v ./internal/bench/footprint/
 
 lint:

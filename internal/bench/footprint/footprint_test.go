@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -86,18 +87,18 @@ func BenchmarkFootprint(b *testing.B) {
 	for b.Loop() {
 		start := time.Now()
 		for r := range rounds {
-			s, err := RunVigil(env, env.Vigil, "", 0)
+			s, err := RunVigil(env, env.Vigil, "", 0, false)
 			add(key{"vigil", "idle", 0}, s, err)
 			if env.Baseline != "" {
-				s, err := RunVigil(env, env.Baseline, "", 0)
+				s, err := RunVigil(env, env.Baseline, "", 0, false)
 				add(key{"vigil-base", "idle", 0}, s, err)
 			}
 			for _, n := range scales {
 				for _, kind := range kinds {
-					s, err := RunVigil(env, env.Vigil, kind, n)
+					s, err := RunVigil(env, env.Vigil, kind, n, false)
 					add(key{"vigil", kind, n}, s, err)
 					if env.Baseline != "" {
-						s, err := RunVigil(env, env.Baseline, kind, n)
+						s, err := RunVigil(env, env.Baseline, kind, n, false)
 						add(key{"vigil-base", kind, n}, s, err)
 					}
 				}
@@ -105,6 +106,11 @@ func BenchmarkFootprint(b *testing.B) {
 					s, err := RunConsul(env, n)
 					add(key{"consul", "http", n}, s, err)
 				}
+			}
+			if env.Backends["http"] != nil && slices.Contains(scales, 300) {
+				// Memory per pod: 100 upstreams × 3 instances with an Envoy-like ADS client.
+				s, err := RunVigil(env, env.Vigil, "http", 300, true)
+				add(key{"vigil+1 ADS client", "http", 300}, s, err)
 			}
 			b.Logf("round %d done at %s", r+1, time.Since(start).Round(time.Second))
 		}

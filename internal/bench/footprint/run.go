@@ -1,6 +1,7 @@
 package footprint
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"math"
@@ -85,8 +86,9 @@ func vigilConfig(kind string, n, port int, admin, dns, xds string) string {
 	return b.String()
 }
 
-// RunVigil measures vigil (the binary bin) probing n instances of kind (n = 0: idle, no upstreams).
-func RunVigil(env *Env, bin, kind string, n int) (Sample, error) {
+// RunVigil measures vigil (the binary bin) probing n instances of kind (n = 0: idle, no
+// upstreams); with ads, one ADS client (CDS and EDS, as an Envoy) is subscribed throughout.
+func RunVigil(env *Env, bin, kind string, n int, ads bool) (Sample, error) {
 	var ports [3]int
 	for i := range ports {
 		p, err := freePort()
@@ -119,6 +121,15 @@ func RunVigil(env *Env, bin, kind string, n int) (Sample, error) {
 	defer p.kill()
 	if err := waitHTTP("http://"+admin+"/metrics", 20*time.Second, p.done); err != nil {
 		return Sample{}, fmt.Errorf("%w (log in %s)", err, env.Dir)
+	}
+	if ads {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		stop, err := adsClient(ctx, fmt.Sprintf("127.0.0.1:%d", ports[2]))
+		cancel()
+		if err != nil {
+			return Sample{}, err
+		}
+		defer stop()
 	}
 	steady, err := warmUp(env, be, n)
 	if err != nil {
