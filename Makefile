@@ -14,7 +14,7 @@ K8S_SCHEMAS_STAMP   := $(TOOLS)/k8s-schemas/.$(subst /,_,$(K8S_OPENAPI_MODULE))
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: build run test bench bench-failover bench-forward lint fuzz deps tools clean
+.PHONY: build run test bench bench-failover bench-forward bench-footprint lint fuzz deps tools clean
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/vigil ./cmd/vigil
 
@@ -41,6 +41,12 @@ bench-failover: tools
 # loopback backends: 5 interleaved rounds, ~2 minutes. QUICK=1: 3 small rounds, ~30 s.
 bench-forward: deps
 	$(if $(QUICK),VIGIL_FORWARD_QUICK=1) $(GO) test -run '^$$' -bench BenchmarkForward -benchtime 1x -count 1 -timeout 15m -v ./internal/bench/forward/
+
+# What vigil costs a pod: CPU per probe (every kind), cores, scheduling lag, RSS, the backend's CPU per
+# probe at 30/300/3,000 instances, and idle CPU, against a Consul agent's HTTP checks; ~4 minutes.
+# QUICK=1: one short round, ~1 minute. (Also part of `make bench`.)
+bench-footprint: tools
+	$(if $(QUICK),VIGIL_FOOTPRINT_QUICK=1) $(GO) test -run '^$$' -bench BenchmarkFootprint -benchtime 1x -count 1 -timeout 20m -v ./internal/bench/footprint/
 
 lint:
 	@test -z "$$(gofmt -l .)" || { echo "gofmt needed:"; gofmt -l .; exit 1; }

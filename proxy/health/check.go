@@ -88,5 +88,13 @@ func (c *check) interval(unhealthy bool) time.Duration {
 	return d
 }
 
+// window is how early a periodic probe may be dispatched to share a wake-up with others: a
+// quarter of the jitter's half-width (the probe times are already spread that much at random),
+// at most maxWindow, at least slack.
+func (c *check) window() time.Duration {
+	w := time.Duration(float64(min(c.cfg.Interval, c.cfg.UnhealthyInterval)) * c.cfg.Jitter / 4)
+	return max(min(w, maxWindow), slack)
+}
+
 // errNoHealthService is the reason when a gRPC server does not implement grpc.health.v1.
 var errNoHealthService = errors.New("grpc health: service not implemented by the server")

@@ -129,6 +129,7 @@ func (p *prober) dial(ctx context.Context, deadline time.Time, useTLS bool) (net
 		closeConn(conn)
 		return nil, fmt.Errorf("tls handshake: %w", shortErr(err, p.chk.cfg.Timeout))
 	}
+	idle(tc)
 	return tc, nil
 }
 
@@ -154,6 +155,7 @@ func (p *prober) probeHTTP(ctx context.Context, deadline time.Time, conn net.Con
 			conn = nil // the kept connection went stale: once more on a new one
 			continue
 		}
+		idle(keep)
 		return keep, err
 	}
 }
@@ -260,6 +262,14 @@ func readBody(body io.Reader, buf []byte) (n int, complete bool, err error) {
 	var one [1]byte
 	m, err := body.Read(one[:])
 	return n, m == 0 && err == io.EOF, nil
+}
+
+// idle clears the deadline of a connection kept between probes: a deadline left set is a
+// runtime timer that wakes the process for nothing when it expires, once per probe.
+func idle(conn net.Conn) {
+	if conn != nil {
+		_ = conn.SetDeadline(time.Time{})
+	}
 }
 
 // closeConn closes a probe connection; a plain TCP one with a reset, which leaves no TIME_WAIT

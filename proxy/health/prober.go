@@ -24,8 +24,10 @@ type prober struct {
 	hostport string
 	stats    *Stats
 
-	idx int   // in the scheduler's heap, -1 when not; guarded by c.sched.mu
-	due int64 // next probe, scheduler time; guarded by c.sched.mu
+	idx  int   // in the scheduler's heap, -1 when not; guarded by c.sched.mu
+	due  int64 // next probe, scheduler time; guarded by c.sched.mu
+	at   int64 // earliest time the next probe may be dispatched (due less its window); guarded by c.sched.mu
+	slot int64 // due time of the probe in flight; set by the scheduler before the probe starts
 
 	dirty bool // queued for the sink; guarded by c.dirtyMu
 
@@ -79,7 +81,7 @@ func (c *Checker) newProber(u *upstream, chk *check, k discovery.Key, address st
 	if p.status.State != Healthy {
 		first = min(first, chk.cfg.UnhealthyInterval)
 	}
-	c.sched.add(p, c.sched.now()+int64(spread(first)))
+	c.sched.addWindow(p, c.sched.now()+int64(spread(first)), chk.window())
 	return p
 }
 
@@ -169,6 +171,7 @@ func (p *prober) probe(ctx context.Context) {
 	openDed, drop := p.afterProbe(now, woken, err == nil)
 	cfg := &p.chk.cfg
 	var due int64
+	window := time.Duration(0)
 	switch {
 	case p.wake:
 		due = now
@@ -179,11 +182,12 @@ func (p *prober) probe(ctx context.Context) {
 		due = now + int64(min(cfg.EdgeInterval, rewakeDelay))
 	case edge: // counted from the end: a probe that timed out is not followed by another at once
 		due = now + int64(cfg.EdgeInterval)
-	default:
-		due = startMono + int64(p.chk.interval(p.status.State == Unhealthy))
+	default: // from when it was due if dispatched early within its window, else from its start
+		due = max(startMono, p.slot) + int64(p.chk.interval(p.status.State == Unhealthy))
+		window = p.chk.window()
 	}
 	p.wake, p.edge = false, false
-	p.c.sched.add(p, max(due, now))
+	p.c.sched.addWindow(p, max(due, now), window)
 	p.mu.Unlock()
 	closeWatch(drop)
 	if openDed {

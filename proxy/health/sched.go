@@ -6,11 +6,18 @@ import (
 	"time"
 )
 
-// slack is how early a probe may be dispatched, so that the scheduler wakes at most about
-// once per slack however many probes are due.
+// slack is how early any probe may be dispatched, so that the scheduler wakes at most about once
+// per slack however many probes are due.
 const slack = time.Millisecond
 
-// sched is a central timer heap of probers keyed by their next probe time. A prober is either
+// maxWindow bounds how early a periodic probe may be dispatched (see check.window): the wake-ups,
+// not the probes, are what a sidecar's prober spends its CPU on at tens to thousands of instances
+// (each costs several context switches and the Go scheduler's spinning), so the probes due within
+// a window share one wake-up. A probe is never dispatched later for it: no scheduling lag is added.
+const maxWindow = 20 * time.Millisecond
+
+// sched is a central timer heap of probers keyed by their next probe time. It wakes when the
+// first is due and dispatches it with every next one whose window has begun. A prober is either
 // in the heap (idx >= 0) or not (in flight, or stopped): never twice, so that at most one probe
 // of an instance is in flight.
 type sched struct {
@@ -26,9 +33,13 @@ func newSched() *sched { return &sched{epoch: time.Now(), wake: make(chan struct
 func (s *sched) now() int64 { return int64(time.Since(s.epoch)) }
 
 // add puts p, which must not be in the heap, in it with its next probe at due.
-func (s *sched) add(p *prober, due int64) {
+func (s *sched) add(p *prober, due int64) { s.addWindow(p, due, 0) }
+
+// addWindow puts p, which must not be in the heap, in it with its next probe at due, which may
+// be dispatched as early as window before due if other probes are dispatched then.
+func (s *sched) addWindow(p *prober, due int64, window time.Duration) {
 	s.mu.Lock()
-	p.due = due
+	p.due, p.at = due, due-int64(window)
 	p.idx = len(s.heap)
 	s.heap = append(s.heap, p)
 	s.up(p.idx)
@@ -49,7 +60,7 @@ func (s *sched) advance(p *prober, due int64) bool {
 	}
 	top := false
 	if due < p.due {
-		p.due = due
+		p.due, p.at = due, min(p.at, due)
 		s.up(p.idx)
 		top = s.heap[0] == p
 	}
@@ -89,7 +100,8 @@ func (s *sched) signal() {
 	}
 }
 
-// run dispatches each prober when it is due until ctx ends; dispatch gets the scheduling lag.
+// run dispatches each prober when it is due until ctx ends; dispatch gets the scheduling lag
+// (how late after its due time a probe is dispatched; an early one has none).
 func (s *sched) run(ctx context.Context, dispatch func(p *prober, lag time.Duration)) {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
@@ -120,13 +132,14 @@ func (s *sched) run(ctx context.Context, dispatch func(p *prober, lag time.Durat
 	}
 }
 
-// popDue takes every prober due by now (plus slack) out of the heap, in order, with its lag,
-// and returns how long to wait for the next one (-1: none).
+// popDue takes the probers that may be probed by now (plus slack) out of the heap, in order of
+// due time, with their lag, and returns how long to wait for the next one due (-1: none).
 func (s *sched) popDue(now int64, batch []*prober, lags []time.Duration) ([]*prober, []time.Duration, time.Duration) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for len(s.heap) > 0 && s.heap[0].due <= now+int64(slack) {
+	for len(s.heap) > 0 && s.heap[0].at <= now+int64(slack) {
 		p := s.heap[0]
+		p.slot = p.due
 		lags = append(lags, time.Duration(max(now-p.due, 0)))
 		n := len(s.heap) - 1
 		s.swap(0, n)
