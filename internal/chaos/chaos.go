@@ -83,6 +83,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		func() { observeDNS(octx, m, v.dns(), 20*time.Millisecond) },
 		func() { observeAdmin(octx, m, v.admin(), 200*time.Millisecond) },
 		func() { observeEDS(octx, m, v.xds()) },
+		func() { observeForward(octx, m, v, 20*time.Millisecond) },
 	} {
 		obs.Add(1)
 		go func() { defer obs.Done(); f() }()

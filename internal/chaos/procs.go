@@ -159,6 +159,7 @@ const (
 	dnsPort     = 28600
 	xdsPort     = 28000
 	adminPort   = 29480
+	forwardPort = 28100 // + kind: the forwarder's listener of each HTTP upstream
 
 	consulHTTP, consulServer, consulLAN, consulWAN = 28500, 28300, 28301, 28302
 )
@@ -238,6 +239,11 @@ func (v *vigilProc) dns() string   { return net.JoinHostPort(vigilIP, strconv.It
 func (v *vigilProc) xds() string   { return net.JoinHostPort(vigilIP, strconv.Itoa(xdsPort)) }
 func (v *vigilProc) admin() string { return net.JoinHostPort(vigilIP, strconv.Itoa(adminPort)) }
 
+// forward is the forwarder's listener for kind k's upstream.
+func (v *vigilProc) forward(k Kind) string {
+	return net.JoinHostPort(vigilIP, strconv.Itoa(forwardPort+int(k)))
+}
+
 // newVigil writes vigil's configuration: the three upstreams from Consul, each probed for real at
 // the default check settings,
 // the local service registered, the last-known membership persisted.
@@ -263,10 +269,10 @@ defaults:
 dns: {listen: %q}
 xds: {listen: %q}
 upstreams:
-  - {name: keepalive, consul: {}, check: {kind: http, http: {path: /id}}}
-  - {name: closing, consul: {}, check: {kind: http, http: {path: /id}}}
+  - {name: keepalive, consul: {}, check: {kind: http, http: {path: /id}}, forward: {listen: %q}}
+  - {name: closing, consul: {}, check: {kind: http, http: {path: /id}}, forward: {listen: %q}}
   - {name: grpc, consul: {}, check: {kind: grpc}}
-`, v.admin(), v.state, clientIP, consulHTTP, appIP, backendPort, v.dns(), v.xds())
+`, v.admin(), v.state, clientIP, consulHTTP, appIP, backendPort, v.dns(), v.xds(), v.forward(KeepAlive), v.forward(Closing))
 	return v, os.WriteFile(v.config, b.Bytes(), 0o644)
 }
 
