@@ -147,6 +147,7 @@ type Report struct {
 	ClientErrs map[string]int
 	Violations map[string]int
 	Examples   []string
+	Slopes     *Slopes // a soak run's resource slopes
 }
 
 func (m *model) report(seed uint64, d time.Duration) *Report {
@@ -198,6 +199,9 @@ func (r *Report) String() string {
 	table("violation", "count", r.Violations)
 	for _, e := range r.Examples {
 		fmt.Fprintf(&b, "- %s\n", e)
+	}
+	if r.Slopes != nil {
+		b.WriteString("\n" + r.Slopes.String())
 	}
 	return b.String()
 }
