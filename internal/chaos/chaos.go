@@ -2,6 +2,7 @@
 package chaos
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"math/rand/v2"
@@ -34,6 +35,8 @@ type Config struct {
 	Grace time.Duration
 	// Recovered bounds how long after Consul is back the local registration must be passing again.
 	Recovered time.Duration
+	// Check is vigil's defaults.check, as YAML ("{}": the built-in defaults).
+	Check string
 	// Soak: instead of Consul and vigil faults, reloads (SIGHUP) every few seconds, and vigil's
 	// memory, goroutines and open fds sampled every SampleEvery and reported as slopes.
 	Soak        bool
@@ -55,7 +58,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	servers, client := newConsul(cfg.Consul, cfg.Dir)
 	agents := append(append([]*consulAgent(nil), servers...), client)
-	v, err := newVigil(cfg.Vigil, cfg.Dir)
+	v, err := newVigil(cfg.Vigil, cfg.Dir, cmp.Or(cfg.Check, "{}"))
 	if err != nil {
 		return nil, err
 	}

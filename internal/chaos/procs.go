@@ -244,10 +244,10 @@ func (v *vigilProc) forward(k Kind) string {
 	return net.JoinHostPort(vigilIP, strconv.Itoa(forwardPort+int(k)))
 }
 
-// newVigil writes vigil's configuration: the three upstreams from Consul, each probed for real at
-// the default check settings,
+// newVigil writes vigil's configuration: the three upstreams from Consul, each probed for real
+// with defaults.check as given (YAML),
 // the local service registered, the last-known membership persisted.
-func newVigil(bin, dir string) (*vigilProc, error) {
+func newVigil(bin, dir, check string) (*vigilProc, error) {
 	v := &vigilProc{config: filepath.Join(dir, "vigil.yaml"), state: filepath.Join(dir, "membership.json")}
 	v.name = "vigil"
 	v.logf = filepath.Join(dir, "vigil.log")
@@ -265,6 +265,7 @@ service:
   drain: 200ms
   check: {kind: tcp}
 defaults:
+  check: %s
   dns: {ttl: 0s}
 dns: {listen: %q}
 xds: {listen: %q}
@@ -272,7 +273,7 @@ upstreams:
   - {name: keepalive, consul: {}, check: {kind: http, http: {path: /id}}, forward: {listen: %q}}
   - {name: closing, consul: {}, check: {kind: http, http: {path: /id}}, forward: {listen: %q}}
   - {name: grpc, consul: {}, check: {kind: grpc}}
-`, v.admin(), v.state, clientIP, consulHTTP, appIP, backendPort, v.dns(), v.xds(), v.forward(KeepAlive), v.forward(Closing))
+`, v.admin(), v.state, clientIP, consulHTTP, appIP, backendPort, check, v.dns(), v.xds(), v.forward(KeepAlive), v.forward(Closing))
 	return v, os.WriteFile(v.config, b.Bytes(), 0o644)
 }
 

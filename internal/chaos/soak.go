@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/prometheus/common/expfmt"
+	pmodel "github.com/prometheus/common/model"
 )
 
 // sample is one reading of vigil's own resource metrics.
@@ -51,7 +52,7 @@ func sampleResources(ctx context.Context, admin string, period time.Duration) []
 			return
 		}
 		defer resp.Body.Close()
-		var p expfmt.TextParser
+		p := expfmt.NewTextParser(pmodel.UTF8Validation)
 		fams, err := p.TextToMetricFamilies(resp.Body)
 		if err != nil {
 			return
