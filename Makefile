@@ -14,7 +14,7 @@ K8S_SCHEMAS_STAMP   := $(TOOLS)/k8s-schemas/.$(subst /,_,$(K8S_OPENAPI_MODULE))
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: build run test bench bench-failover bench-forward bench-footprint lint fuzz deps tools clean
+.PHONY: build run test bench bench-failover bench-forward bench-footprint chaos soak lint fuzz deps tools clean
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/vigil ./cmd/vigil
 
@@ -47,6 +47,22 @@ bench-forward: deps
 # QUICK=1: one short round, ~1 minute. (Also part of `make bench`.)
 bench-footprint: tools
 	$(if $(QUICK),VIGIL_FOOTPRINT_QUICK=1) $(GO) test -run '^$$' -bench BenchmarkFootprint -benchtime 1x -count 1 -timeout 20m -v ./internal/bench/footprint/
+
+# The chaos run (internal/chaos): vigil, a 3-server Consul cluster and backends of three kinds on
+# 127.88.0.0/16; faults at random while clients use DNS, xDS, the forwarder and the admin API, and
+# invariants checked throughout. `make test` runs a 1-minute form; SEED= replays a run's faults.
+DURATION ?= 5m
+chaos: deps tools
+	mkdir -p $(BIN)
+	VIGIL_CHAOS_DURATION=$(DURATION) $(if $(SEED),VIGIL_CHAOS_SEED=$(SEED)) VIGIL_CHAOS_REPORT=$(CURDIR)/bin/chaos-report.md \
+	  $(GO) test -run '^TestChaos$$' -count 1 -timeout 0 -v ./internal/chaos/
+
+# The soak (not in CI): load, instance churn and reloads for DURATION; vigil's memory, goroutines
+# and open fds sampled and reported as slopes, which must stay flat.
+soak: deps tools
+	mkdir -p $(BIN)
+	VIGIL_SOAK_DURATION=$(DURATION) VIGIL_CHAOS_REPORT=$(CURDIR)/bin/soak-report.md \
+	  $(GO) test -run '^TestSoak$$' -count 1 -timeout 0 -v ./internal/chaos/
 
 lint:
 	@test -z "$$(gofmt -l .)" || { echo "gofmt needed:"; gofmt -l .; exit 1; }

@@ -42,6 +42,9 @@ func (c *Config) CheckFiles() error {
 	for i := range c.Upstreams {
 		check(fmt.Sprintf("upstreams[%d].check", i), &c.Upstreams[i].Check)
 	}
+	if c.Service.Name != "" {
+		check("service.check", &c.Service.Check)
+	}
 	if c.Consul.Enabled {
 		ca("consul.tls.ca_file", c.Consul.TLS.CAFile)
 		pair("consul.tls", c.Consul.TLS.CertFile, c.Consul.TLS.KeyFile)

@@ -28,6 +28,10 @@ consul:
 xds:
   tls: {cert_file: %[1]s.crt, key_file: %[1]s.key, client_ca_file: %[2]s}
   version_file: %[1]s/dir/version
+service:
+  name: web
+  port: 8080
+  check: {kind: https, tls: {ca_file: %[1]s.service-ca}}
 upstreams:
   - name: a
     check: {kind: https, tls: {ca_file: %[1]s.ca}}
@@ -45,7 +49,7 @@ upstreams:
 		p, _, _ := strings.Cut(line, ": ")
 		paths = append(paths, p)
 	}
-	want := []string{"upstreams[0].check.tls.ca_file", "consul.tls.ca_file", "consul.tls", "consul.token_file",
+	want := []string{"upstreams[0].check.tls.ca_file", "service.check.tls.ca_file", "consul.tls.ca_file", "consul.tls", "consul.token_file",
 		"admin.token_file", "xds.tls", "xds.tls.client_ca_file", "xds.version_file"}
 	if !slices.Equal(paths, want) {
 		t.Errorf("errors for fields %q, want %q:\n%v", paths, want, err)

@@ -2,6 +2,7 @@
 package chaos
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"math/rand/v2"
@@ -34,7 +35,15 @@ type Config struct {
 	Grace time.Duration
 	// Recovered bounds how long after Consul is back the local registration must be passing again.
 	Recovered time.Duration
-	Log       func(format string, args ...any)
+	// Check is vigil's defaults.check, as YAML ("{}": the built-in defaults).
+	Check string
+	// Soak: instead of Consul and vigil faults, reloads (SIGHUP) every few seconds, and vigil's
+	// memory, goroutines and open fds sampled every SampleEvery and reported as slopes.
+	Soak        bool
+	SampleEvery time.Duration
+	// Clients is how many of each client run at once (default 1); a soak adds load with more.
+	Clients int
+	Log     func(format string, args ...any)
 }
 
 // Run starts everything, injects faults for cfg.Duration while the observers check, and reports.
@@ -49,7 +58,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	servers, client := newConsul(cfg.Consul, cfg.Dir)
 	agents := append(append([]*consulAgent(nil), servers...), client)
-	v, err := newVigil(cfg.Vigil, cfg.Dir)
+	v, err := newVigil(cfg.Vigil, cfg.Dir, cmp.Or(cfg.Check, "{}"))
 	if err != nil {
 		return nil, err
 	}
@@ -79,13 +88,16 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	start := time.Now()
 	octx, stopObservers := context.WithCancel(ctx)
 	var obs sync.WaitGroup
-	for _, f := range []func(){
-		func() { observeDNS(octx, m, v.dns(), 20*time.Millisecond) },
-		func() { observeAdmin(octx, m, v.admin(), 200*time.Millisecond) },
-		func() { observeEDS(octx, m, v.xds()) },
-	} {
-		obs.Add(1)
-		go func() { defer obs.Done(); f() }()
+	for range max(cfg.Clients, 1) {
+		for _, f := range []func(){
+			func() { observeDNS(octx, m, v.dns(), 20*time.Millisecond) },
+			func() { observeAdmin(octx, m, v.admin(), 200*time.Millisecond) },
+			func() { observeEDS(octx, m, v.xds()) },
+			func() { observeForward(octx, m, v, 20*time.Millisecond) },
+		} {
+			obs.Add(1)
+			go func() { defer obs.Done(); f() }()
+		}
 	}
 	if err := observeGRPC(octx, m, v.xds(), 50*time.Millisecond); err != nil {
 		stopObservers()
@@ -96,7 +108,14 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	fctx, cancel := context.WithTimeout(ctx, cfg.Duration)
 	g, gctx := errgroup.WithContext(fctx)
 	g.Go(func() error { return in.instanceFaults(gctx) })
-	g.Go(func() error { return in.controlFaults(gctx) })
+	var samples []sample
+	reloads := 0
+	if cfg.Soak {
+		g.Go(func() (err error) { reloads, err = in.reloads(gctx); return err })
+		g.Go(func() error { samples = sampleResources(gctx, v.admin(), cfg.SampleEvery); return nil })
+	} else {
+		g.Go(func() error { return in.controlFaults(gctx) })
+	}
 	err = g.Wait()
 	cancel()
 	if err == nil && ctx.Err() == nil {
@@ -113,7 +132,12 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		m.nviolation["data race reported by vigil"] += races
 		m.mu.Unlock()
 	}
-	return m.report(cfg.Seed, time.Since(start)), nil
+	r := m.report(cfg.Seed, time.Since(start))
+	if cfg.Soak {
+		sl := slopes(samples, reloads)
+		r.Slopes = &sl
+	}
+	return r, nil
 }
 
 // acceptAll is the local service: it accepts connections (vigil probes it with tcp) and closes them.

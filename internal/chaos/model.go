@@ -147,6 +147,7 @@ type Report struct {
 	ClientErrs map[string]int
 	Violations map[string]int
 	Examples   []string
+	Slopes     *Slopes // a soak run's resource slopes
 }
 
 func (m *model) report(seed uint64, d time.Duration) *Report {
@@ -199,5 +200,54 @@ func (r *Report) String() string {
 	for _, e := range r.Examples {
 		fmt.Fprintf(&b, "- %s\n", e)
 	}
+	if r.Slopes != nil {
+		b.WriteString("\n" + r.Slopes.String())
+	}
 	return b.String()
+}
+
+// checkForward judges a request through the forwarder sent at sent (err: how it failed, or
+// nil). Once every dead instance of the kind has been dead for the window, at least one has
+// been alive for it, and vigil has been up past its grace, it must not fail. Before that the L4
+// forwarder may have picked an instance that hung or died with the request in flight, which it
+// cannot replay.
+func (m *model) checkForward(k Kind, sent time.Time, err error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.vigilReady.IsZero() || sent.Sub(m.vigilReady) < m.grace {
+		return
+	}
+	settled, live := true, false
+	for _, in := range m.byIP {
+		if in.kind != k {
+			continue
+		}
+		if sent.Sub(in.since) < m.window {
+			settled = false
+		} else if in.alive {
+			live = true
+		}
+	}
+	if !settled || !live {
+		return
+	}
+	m.checks["forwarder request served (settled)"]++
+	if err != nil {
+		m.nviolation["forwarder request failed"]++
+		m.note("forwarder request failed", "%s: %v", k.Upstream(), err)
+	}
+}
+
+// checkAnsweredID checks that an answer through the forwarder came from a live instance of kind k.
+func (m *model) checkAnsweredID(client string, k Kind, id string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.checks["forwarder answer from an instance of the upstream"]++
+	for _, in := range m.byIP {
+		if in.id == id && in.kind == k {
+			return
+		}
+	}
+	m.nviolation["answer from the wrong instance"]++
+	m.note("answer from the wrong instance", "%s: %s answered for %s", client, id, k.Upstream())
 }

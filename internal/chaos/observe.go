@@ -1,10 +1,12 @@
 package chaos
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"strconv"
@@ -309,4 +311,49 @@ func localRegistration(ctx context.Context, hc *http.Client) (string, error) {
 		return "", errors.New("chaos-app not registered")
 	}
 	return checks[0].Status, nil
+}
+
+// observeForward sends one HTTP/1.0 request per new connection through vigil's forwarder to each
+// HTTP upstream in turn; the answer names the instance.
+func observeForward(ctx context.Context, m *model, v *vigilProc, period time.Duration) {
+	k := Kind(0)
+	every(ctx, period, func() {
+		k = (k + 1) % GRPC // keepalive and closing: the HTTP upstreams
+		sent := time.Now()
+		id, err := forwardGet(ctx, v.forward(k))
+		if ctx.Err() != nil {
+			return
+		}
+		m.serve("forwarder", err == nil)
+		m.checkForward(k, sent, err)
+		if err == nil {
+			m.checkAnsweredID("forwarder", k, id)
+		}
+	})
+}
+
+func forwardGet(ctx context.Context, addr string) (string, error) {
+	d := net.Dialer{Timeout: time.Second}
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(2 * time.Second))
+	if _, err := io.WriteString(c, "GET /id HTTP/1.0\r\nHost: chaos\r\n\r\n"); err != nil {
+		return "", err
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return "", err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("%s: %s", addr, resp.Status)
+	}
+	return string(body), nil
 }

@@ -159,6 +159,7 @@ const (
 	dnsPort     = 28600
 	xdsPort     = 28000
 	adminPort   = 29480
+	forwardPort = 28100 // + kind: the forwarder's listener of each HTTP upstream
 
 	consulHTTP, consulServer, consulLAN, consulWAN = 28500, 28300, 28301, 28302
 )
@@ -238,10 +239,15 @@ func (v *vigilProc) dns() string   { return net.JoinHostPort(vigilIP, strconv.It
 func (v *vigilProc) xds() string   { return net.JoinHostPort(vigilIP, strconv.Itoa(xdsPort)) }
 func (v *vigilProc) admin() string { return net.JoinHostPort(vigilIP, strconv.Itoa(adminPort)) }
 
-// newVigil writes vigil's configuration: the three upstreams from Consul, each probed for real at
-// the default check settings,
+// forward is the forwarder's listener for kind k's upstream.
+func (v *vigilProc) forward(k Kind) string {
+	return net.JoinHostPort(vigilIP, strconv.Itoa(forwardPort+int(k)))
+}
+
+// newVigil writes vigil's configuration: the three upstreams from Consul, each probed for real
+// with defaults.check as given (YAML),
 // the local service registered, the last-known membership persisted.
-func newVigil(bin, dir string) (*vigilProc, error) {
+func newVigil(bin, dir, check string) (*vigilProc, error) {
 	v := &vigilProc{config: filepath.Join(dir, "vigil.yaml"), state: filepath.Join(dir, "membership.json")}
 	v.name = "vigil"
 	v.logf = filepath.Join(dir, "vigil.log")
@@ -259,14 +265,15 @@ service:
   drain: 200ms
   check: {kind: tcp}
 defaults:
+  check: %s
   dns: {ttl: 0s}
 dns: {listen: %q}
 xds: {listen: %q}
 upstreams:
-  - {name: keepalive, consul: {}, check: {kind: http, http: {path: /id}}}
-  - {name: closing, consul: {}, check: {kind: http, http: {path: /id}}}
+  - {name: keepalive, consul: {}, check: {kind: http, http: {path: /id}}, forward: {listen: %q}}
+  - {name: closing, consul: {}, check: {kind: http, http: {path: /id}}, forward: {listen: %q}}
   - {name: grpc, consul: {}, check: {kind: grpc}}
-`, v.admin(), v.state, clientIP, consulHTTP, appIP, backendPort, v.dns(), v.xds())
+`, v.admin(), v.state, clientIP, consulHTTP, appIP, backendPort, check, v.dns(), v.xds(), v.forward(KeepAlive), v.forward(Closing))
 	return v, os.WriteFile(v.config, b.Bytes(), 0o644)
 }
 
