@@ -35,6 +35,7 @@ func TestConsulMaintenance(t *testing.T) {
 admin: {listen: "127.0.0.1:0", token_file: %q}
 discovery: {state_file: %q}
 xds: {listen: "127.0.0.1:0"}
+dns: {listen: "127.0.0.1:0"}
 consul: {enabled: true, address: %q, wait_time: 5s}
 service:
   name: web

@@ -156,7 +156,9 @@ func state(t *testing.T, base, upstream string, port int) admin.Instance {
 }
 
 const (
-	interval  = 300 * time.Millisecond
+	// Generous for a shared 2-core machine under -race: a live instance starved of CPU past its
+	// probe timeout would be judged dead and fail the test for nothing.
+	interval  = 600 * time.Millisecond
 	threshold = 2
 	// settle bounds every wait: it only catches a hang. The tests assert what happens and in
 	// which order, never how fast (the machine is shared and runs -race).
@@ -183,7 +185,7 @@ admin: {listen: "127.0.0.1:0"}
 xds: {listen: "127.0.0.1:0"}
 dns: {listen: "127.0.0.1:0"}
 defaults:
-  check: {interval: %s, unhealthy_interval: %s, edge_interval: 50ms, timeout: 200ms, healthy_threshold: %d, unhealthy_threshold: %d}
+  check: {interval: %s, unhealthy_interval: %s, edge_interval: 50ms, timeout: 450ms, healthy_threshold: %d, unhealthy_threshold: %d}
 upstreams:
 %s`, interval, interval, threshold, threshold, ups.String()))
 

@@ -87,6 +87,7 @@ func TestHotReloadUndisturbed(t *testing.T) {
 	head := fmt.Sprintf(`
 admin: {listen: "127.0.0.1:0", token_file: %q}
 xds: {listen: "127.0.0.1:0", coalesce: 1ms}
+dns: {listen: ""}
 defaults: {check: {kind: http, http: {path: /healthz}, interval: 1s, unhealthy_interval: 1s, timeout: 900ms}}
 upstreams:
 `, tokenFile)
