@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
@@ -360,6 +361,23 @@ func renderReference(t *testing.T) string {
 	}
 	b.WriteString("\n" + refEnd)
 	return b.String()
+}
+
+// TestTourConfigs: the configurations that README's tour runs are valid.
+func TestTourConfigs(t *testing.T) {
+	files, _ := filepath.Glob("../docs/*.yaml")
+	if len(files) == 0 {
+		t.Fatal("no docs/*.yaml")
+	}
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := configs.Parse(data); err != nil {
+			t.Errorf("%s: %v", f, err)
+		}
+	}
 }
 
 // TestReadmeReference: README.md's configuration reference is the one generated from vigil.yaml.
