@@ -403,3 +403,39 @@ func TestReadmeReference(t *testing.T) {
 	}
 	t.Errorf("README.md's configuration reference is not the one generated from configs/vigil.yaml: run `go generate ./configs`")
 }
+
+// TestTourMatchesDefault: what README's tour relies on in the embedded default is there — the
+// line its sed edits (admin.token_file, found by "bearer token") and the demo instances it names.
+func TestTourMatchesDefault(t *testing.T) {
+	var edited []string
+	n := 0
+	for _, l := range strings.Split(string(configs.Default), "\n") {
+		if strings.Contains(l, "bearer token") && strings.Contains(l, `token_file: ""`) {
+			l = strings.Replace(l, `token_file: ""`, "token_file: /tmp/vigil-tour/token", 1)
+			n++
+		}
+		edited = append(edited, l)
+	}
+	if n != 1 {
+		t.Fatalf(`%d lines of vigil.yaml have "bearer token" and token_file: "": the README tour's sed edits exactly one`, n)
+	}
+	cfg, err := configs.Parse([]byte(strings.Join(edited, "\n")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Admin.TokenFile != "/tmp/vigil-tour/token" {
+		t.Errorf("the tour's sed sets admin.token_file to %q", cfg.Admin.TokenFile)
+	}
+	have := map[string]bool{}
+	for _, u := range cfg.Upstreams {
+		for _, in := range u.Instances {
+			have[fmt.Sprintf("%s/%s:%d", u.Name, in.Address, in.Port)] = true
+		}
+	}
+	for _, want := range []string{"web/127.0.0.1:18081", "web/127.0.0.1:18082", "web/127.0.0.1:18083",
+		"db/127.0.0.1:18091", "db/127.0.0.1:18092"} {
+		if !have[want] {
+			t.Errorf("the README tour names demo instance %s, which the embedded default no longer has", want)
+		}
+	}
+}
