@@ -10,10 +10,12 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"gopkg.in/yaml.v3"
 
 	"github.com/vigil-sidecar/vigil/configs"
+	"github.com/vigil-sidecar/vigil/xds"
 )
 
 // The README's configuration reference is generated from configs/vigil.yaml (the embedded
@@ -263,13 +265,43 @@ func has2(all map[string]bool, p string) bool {
 	return false
 }
 
-// appliedLater are defaults that the loader leaves zero and the xDS translation applies.
-var appliedLater = map[string]bool{"xds.inbound.protocol": true, "xds.inbound.connect_timeout": true}
+// appliedLater are defaults that the loader leaves zero and the xDS translation applies: their
+// values in vigil.yaml are checked against the xds package's constants instead.
+var appliedLater = map[string]string{
+	"xds.inbound.protocol":            xds.ProtocolTCP,
+	"xds.inbound.connect_timeout":     xds.DefaultConnectTimeout.String(),
+	"upstreams[].xds.protocol":        xds.ProtocolTCP,
+	"upstreams[].xds.connect_timeout": xds.DefaultConnectTimeout.String(),
+}
+
+// TestDefaultsAppliedLater: the defaults that the xDS translation applies are those vigil.yaml shows.
+func TestDefaultsAppliedLater(t *testing.T) {
+	live, commented := allEntries(t)
+	seen := 0
+	for _, e := range append(live, commented...) {
+		want, ok := appliedLater[e.path]
+		if !ok || e.inFlow { // not the demo upstreams' own values
+			continue
+		}
+		seen++
+		got := e.value
+		if d, err := time.ParseDuration(got); err == nil {
+			got = d.String()
+		}
+		if got != want {
+			t.Errorf("vigil.yaml shows %s: %s; the xds package applies %s", e.path, e.value, want)
+		}
+	}
+	if seen != len(appliedLater) {
+		t.Errorf("found %d of the %d defaults applied later in vigil.yaml", seen, len(appliedLater))
+	}
+}
 
 // skipDefault reports whether an entry's value is not a default: a demo value, a required field
 // or an example of a block that is absent by default.
 func skipDefault(e entry) bool {
-	return appliedLater[e.path] || strings.HasPrefix(e.doc, "demo") || strings.Contains(e.doc, "required") ||
+	_, later := appliedLater[e.path]
+	return later || strings.HasPrefix(e.doc, "demo") || strings.Contains(e.doc, "required") ||
 		strings.Contains(e.doc, "default: none") || strings.HasPrefix(e.path, "upstreams") && !strings.HasPrefix(e.path, "upstreams[].forward.")
 }
 
