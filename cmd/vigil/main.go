@@ -28,8 +28,9 @@ Usage:
   vigil status   [-addr HOST:PORT] [-o table|json] [-watch] [NAME]
                  show upstreams and instances from a running vigil (NAME: upstream or instance)
   vigil health   [-addr HOST:PORT] [-path /healthz|/readyz]  exit 0 if a running vigil answers 200
-  vigil maint    enable|disable UPSTREAM[/INSTANCE] [-reason TEXT]  (or: list) maintenance, with the admin token
-  vigil reload   [-reason TEXT]           a running vigil reads its configuration again (admin token)
+  vigil maint    enable|disable UPSTREAM[/INSTANCE] [-reason TEXT] [-config FILE]  (or: list)
+                 maintenance of a running vigil's instance or upstream; needs admin.token_file
+  vigil reload   [-reason TEXT] [-config FILE]  a running vigil reads its configuration again (admin token)
   vigil version                           print the version
 `
 

@@ -18,6 +18,8 @@ import (
 	"github.com/vigil-sidecar/vigil/proxy/admin"
 )
 
+const reloadUsage = "usage: vigil reload [-reason TEXT] [-actor NAME] [-config FILE | -addr HOST:PORT -token-file FILE]"
+
 const maintUsage = "usage: vigil maint enable|disable UPSTREAM[/INSTANCE] [-reason TEXT] [-actor NAME] [-config FILE | -addr HOST:PORT -token-file FILE]\n       vigil maint list [-config FILE | -addr HOST:PORT -token-file FILE]"
 
 // controlFlags are the flags of the commands that call the control endpoints.
@@ -92,7 +94,7 @@ func (f controlFlags) call(method, path string, out any) (int, error) {
 	}
 	tok = strings.TrimSpace(tok)
 	if tok == "" {
-		return 0, errors.New("no token: give -token-file or set VIGIL_TOKEN")
+		return 0, errors.New("no token: give -token-file, or -config with admin.token_file set, or set VIGIL_TOKEN (the running vigil needs admin.token_file: without it runtime control is off)")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -126,6 +128,7 @@ func (f controlFlags) call(method, path string, out any) (int, error) {
 func cmdMaint(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("maint", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprintln(stderr, maintUsage); fs.PrintDefaults() }
 	f := newControlFlags(fs)
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
@@ -187,8 +190,12 @@ func (h holdJSON) target() string {
 func cmdReload(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("reload", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprintln(stderr, reloadUsage); fs.PrintDefaults() }
 	f := newControlFlags(fs)
 	if pos, err := parseInterleaved(fs, args); err != nil || len(pos) > 0 {
+		if err == nil {
+			fs.Usage()
+		}
 		return 2
 	}
 	var res admin.ReloadResult
