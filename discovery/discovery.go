@@ -17,6 +17,10 @@ const (
 	Passing     Health = iota // the source has nothing against the instance (the zero value)
 	Critical                  // the source says the instance is down
 	Maintenance               // the source says the instance is draining
+	// NodeCritical: only the source's view of the node is failing (for Consul, the agent's
+	// serfHealth, as while an agent rejoins after a restart); the service's own checks pass.
+	// vigil's own probe of the instance decides; an instance vigil does not probe is down.
+	NodeCritical
 )
 
 func (h Health) String() string {
@@ -25,6 +29,8 @@ func (h Health) String() string {
 		return "critical"
 	case Maintenance:
 		return "maintenance"
+	case NodeCritical:
+		return "node_critical"
 	default:
 		return "passing"
 	}
@@ -43,6 +49,8 @@ func (h *Health) UnmarshalText(b []byte) error {
 		*h = Critical
 	case "maintenance":
 		*h = Maintenance
+	case "node_critical":
+		*h = NodeCritical
 	default:
 		return fmt.Errorf("discovery: unknown health %q", b)
 	}

@@ -3,6 +3,8 @@ package consul
 import (
 	"testing"
 	"time"
+
+	"github.com/hashicorp/consul/api"
 )
 
 func TestBackoff(t *testing.T) {
@@ -43,6 +45,30 @@ func TestNextIndex(t *testing.T) {
 	} {
 		if got := nextIndex(c.prev, c.got); got != c.want {
 			t.Errorf("nextIndex(%d, %d) = %d, want %d", c.prev, c.got, got, c.want)
+		}
+	}
+}
+
+// TestNodeOnlyCritical: an instance whose only critical check is its node agent's serfHealth is
+// node-critical (vigil's probe decides); any other critical check makes it critical.
+func TestNodeOnlyCritical(t *testing.T) {
+	serf := &api.HealthCheck{CheckID: "serfHealth", Status: api.HealthCritical}
+	svcOK := &api.HealthCheck{CheckID: "svc", ServiceID: "api-1", Status: api.HealthPassing}
+	svcBad := &api.HealthCheck{CheckID: "svc", ServiceID: "api-1", Status: api.HealthCritical}
+	nodeBad := &api.HealthCheck{CheckID: "disk", Status: api.HealthCritical}
+	for _, c := range []struct {
+		checks api.HealthChecks
+		want   bool
+	}{
+		{api.HealthChecks{serf, svcOK}, true},
+		{api.HealthChecks{serf}, true},
+		{api.HealthChecks{serf, svcBad}, false},
+		{api.HealthChecks{serf, nodeBad}, false},
+		{api.HealthChecks{svcBad}, false},
+		{api.HealthChecks{svcOK}, false},
+	} {
+		if got := nodeOnlyCritical(c.checks); got != c.want {
+			t.Errorf("%v: %v, want %v", c.checks, got, c.want)
 		}
 	}
 }

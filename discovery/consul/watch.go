@@ -196,6 +196,10 @@ func (w *watcher) instances(entries []*api.ServiceEntry) []discovery.Instance {
 			}
 		}
 		status := e.Checks.AggregatedStatus()
+		if status == api.HealthCritical && nodeOnlyCritical(e.Checks) {
+			in.Health = discovery.NodeCritical
+			status = ""
+		}
 		switch status {
 		case api.HealthMaint:
 			in.Health = discovery.Maintenance
@@ -220,6 +224,23 @@ func (w *watcher) instances(entries []*api.ServiceEntry) []discovery.Instance {
 	slices.SortStableFunc(out, func(a, b discovery.Instance) int { return cmp.Compare(a.ID, b.ID) })
 	// One instance per ID, the first Consul listed: the ID keys health and the table.
 	return slices.CompactFunc(out, func(a, b discovery.Instance) bool { return a.ID == b.ID })
+}
+
+// nodeOnlyCritical reports whether the only critical check is the agent's own serfHealth: Consul
+// cannot reach the node's agent by gossip (it is restarting, or partitioned from the servers),
+// which says nothing of the service that vigil probes itself.
+func nodeOnlyCritical(checks api.HealthChecks) bool {
+	serf := false
+	for _, c := range checks {
+		if c.Status != api.HealthCritical {
+			continue
+		}
+		if c.CheckID != "serfHealth" || c.ServiceID != "" {
+			return false
+		}
+		serf = true
+	}
+	return serf
 }
 
 // maxWeight is the largest instance weight taken from Consul.

@@ -26,9 +26,12 @@ const (
 // instanceFaults kills or hangs one instance at a time, never the last live one of its kind,
 // holds the fault for a while (often past the detection window) and revives it.
 func (j *injector) instanceFaults(ctx context.Context) error {
-	for sleep(ctx, j.between(300*time.Millisecond, 1500*time.Millisecond)) {
+	for n := 0; sleep(ctx, j.between(300*time.Millisecond, 1500*time.Millisecond)); n++ {
 		in := j.ins[j.intn(len(j.ins))]
 		hang := j.intn(2) == 0
+		if n < 2 { // a kill and a hang first, however short the run
+			hang = n == 1
+		}
 		if hang {
 			j.m.fault(faultHang)
 			j.m.setAlive(in, false)

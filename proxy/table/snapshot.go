@@ -133,6 +133,12 @@ func (s *Snapshot) Instances(upstream string) ([]discovery.Instance, bool) {
 	return ins, true
 }
 
+// probed reports whether vigil's own probes have judged the instance (a check of kind none
+// makes it healthy without a probe).
+func probed(st health.Status, ok bool) bool {
+	return ok && st.State != health.Unknown && st.Stats.Load().Probes > 0
+}
+
 // build computes one upstream from its membership, the checker's statuses, the operator's
 // maintenance holds and the policy.
 // It is a pure function: every frontend's policy comes from here.
@@ -151,7 +157,7 @@ func build(mem *discovery.Upstream, statuses map[discovery.Key]health.Status, ho
 			in.State, in.Reason, in.Since, in.Flapping = Draining, holdReason(hold), hold.Since, false
 		case di.Health == discovery.Maintenance: // the source overrides the probe: its details do not apply
 			in.State, in.Reason, in.Since, in.Flapping = Draining, "draining in discovery source", time.Time{}, false
-		case di.Health == discovery.Critical:
+		case di.Health == discovery.Critical, di.Health == discovery.NodeCritical && !probed(st, ok):
 			in.State, in.Reason, in.Since, in.Flapping = Unhealthy, "critical in discovery source", time.Time{}, false
 		case !ok || st.State == health.Unknown:
 			in.State = Unknown

@@ -14,7 +14,9 @@ import (
 )
 
 // inst describes one instance of the upstream "u" for a policy case: "id zone dc state",
-// state being h(ealthy), u(nhealthy), ?(unknown), d(raining) or c(ritical in discovery).
+// state being h(ealthy), u(nhealthy), ?(unknown), d(raining) or c(ritical in discovery), or
+// n: only its node critical in discovery, probed healthy; m: the same, healthy without a probe
+// (check kind none).
 type inst string
 
 func setup(t *testing.T, zone string, p table.Policy, insts ...inst) *table.Upstream {
@@ -38,6 +40,12 @@ func setup(t *testing.T, zone string, p table.Policy, insts ...inst) *table.Upst
 		case "c":
 			in.Health = discovery.Critical
 			st[k] = health.Status{State: health.Healthy}
+		case "n", "m":
+			in.Health = discovery.NodeCritical
+			st[k] = health.Status{State: health.Healthy, Stats: &health.Stats{}}
+			if f[3] == "n" {
+				st[k].Stats.Record(time.Now(), time.Millisecond, nil)
+			}
 		}
 		up.Instances = append(up.Instances, in)
 	}
@@ -114,9 +122,11 @@ func TestPolicy(t *testing.T) {
 }
 
 func TestStatesAndReasons(t *testing.T) {
-	u := setup(t, "", table.DefaultPolicy(), "a - 0 h", "b - 0 u", "c - 0 d", "d - 0 c", "e - 0 ?")
+	u := setup(t, "", table.DefaultPolicy(), "a - 0 h", "b - 0 u", "c - 0 d", "d - 0 c", "e - 0 ?", "f - 0 n", "g - 0 m")
+	// f: Consul cannot reach f's node agent, but vigil's own probe reaches f: vigil's evidence wins.
 	want := map[string]string{"a": "healthy/", "b": "unhealthy/boom", "c": "draining/draining in discovery source",
-		"d": "unhealthy/critical in discovery source", "e": "unknown/"}
+		"d": "unhealthy/critical in discovery source", "e": "unknown/", "f": "healthy/",
+		"g": "unhealthy/critical in discovery source"}
 	for _, in := range u.Instances {
 		if got := in.State.String() + "/" + in.Reason; got != want[in.ID] {
 			t.Errorf("%s: %q, want %q", in.ID, got, want[in.ID])
