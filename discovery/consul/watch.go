@@ -156,6 +156,14 @@ func (w *watcher) run(ctx context.Context, events chan<- event) {
 		w.mu.Unlock()
 		ins := w.instances(entries)
 		changed := first || !reflect.DeepEqual(ins, last)
+		if changed && w.log.Enabled(ctx, slog.LevelDebug) {
+			byHealth := map[string]int{}
+			for _, in := range ins {
+				byHealth[in.Health.String()]++
+			}
+			w.log.Debug("consul: instances changed", "upstream", w.upstream, "datacenter", w.dcLabel(),
+				"instances", len(ins), "health", byHealth, "index", meta.LastIndex, "known_leader", meta.KnownLeader)
+		}
 		first, last = false, ins
 		g := discovery.Group{Source: w.source, Upstream: w.upstream, Instances: ins} // Synced zero: in sync
 		if !send(ctx, events, event{w: w, ok: true, group: g, changed: changed, recovered: recovered, seen: now}) {

@@ -253,7 +253,7 @@ func newVigil(bin, dir, check string) (*vigilProc, error) {
 	v.logf = filepath.Join(dir, "vigil.log")
 	v.argv = []string{bin, "run", "-config", v.config}
 	var b bytes.Buffer
-	fmt.Fprintf(&b, `log: {level: info}
+	fmt.Fprintf(&b, `log: {level: debug}
 admin: {listen: %q}
 discovery: {state_file: %q}
 consul: {enabled: true, address: "%s:%d", wait_time: 5s, min_interval: 50ms, backoff_base: 100ms, backoff_max: 1s}
