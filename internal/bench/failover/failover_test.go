@@ -29,14 +29,14 @@ func BenchmarkFailover(b *testing.B) {
 	vigil := build("github.com/vigil-sidecar/vigil/cmd/vigil", "vigil")
 
 	quick := os.Getenv("VIGIL_FAILOVER_QUICK") != ""
-	dnsDef, xdsDef := NewVigil(Defaults)
-	paths := []Path{dnsDef, xdsDef}
+	dnsDef, xdsDef, fwDef := NewVigil(Defaults)
+	paths := []Path{dnsDef, xdsDef, fwDef}
 	kills, stops := 20, 10
 	if quick {
 		kills, stops = 3, 2
 	} else {
-		dnsAgg, xdsAgg := NewVigil(Aggressive)
-		paths = append(paths, dnsAgg, xdsAgg)
+		dnsAgg, xdsAgg, fwAgg := NewVigil(Aggressive)
+		paths = append(paths, dnsAgg, xdsAgg, fwAgg)
 	}
 	paths = append(paths, &ConsulDNS{})
 	cfg := Config{
