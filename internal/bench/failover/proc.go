@@ -95,7 +95,7 @@ func (in *Instance) Start(ctx context.Context) error {
 	}
 	in.exited = make(chan struct{})
 	go func(cmd *exec.Cmd, done chan struct{}) { _ = cmd.Wait(); close(done) }(in.cmd, in.exited)
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(30 * time.Second) // python starts slowly on a loaded machine
 	for time.Now().Before(deadline) && ctx.Err() == nil {
 		c, err := net.DialTimeout("tcp", in.Addr(), time.Second)
 		if err == nil {
@@ -108,7 +108,7 @@ func (in *Instance) Start(ctx context.Context) error {
 		case <-time.After(2 * time.Millisecond):
 		}
 	}
-	return fmt.Errorf("failover: %s not accepting connections within 10s", in.ID)
+	return fmt.Errorf("failover: %s not accepting connections within 30s", in.ID)
 }
 
 // Kill ends the process with SIGKILL and waits for it.
