@@ -1,5 +1,5 @@
-// Package failover measures how fast each path to upstream instances (vigil's DNS and xDS,
-// Consul's DNS, later vigil's forwarder) stops sending traffic to an instance that is killed or
+// Package failover measures how fast each path to upstream instances (vigil's DNS, xDS and
+// forwarder, Consul's DNS) stops sending traffic to an instance that is killed or
 // hung, and how fast it comes back; the benchmark in this package runs it (make bench-failover).
 package failover
 
