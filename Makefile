@@ -34,7 +34,7 @@ bench: deps tools $(TOOLS)/coredns build
 # Failover on every path (vigil DNS and xDS at two settings, Consul DNS) under SIGKILL and SIGSTOP,
 # about 5 minutes; writes docs/failover/ (report and SVG timelines). QUICK=1: a few events, ~1 minute.
 bench-failover: tools
-	VIGIL_FAILOVER_OUT=$(CURDIR)/docs/failover $(if $(QUICK),VIGIL_FAILOVER_QUICK=1 VIGIL_FAILOVER_OUT=$(CURDIR)/bin/failover-quick) \
+	VIGIL_FAILOVER_OUT=$(CURDIR)/docs/failover $(if $(QUICK),VIGIL_FAILOVER_QUICK=1 VIGIL_FAILOVER_OUT=$(CURDIR)/bin/failover-quick) $(if $(PATHS),VIGIL_FAILOVER_PATHS=$(PATHS)) \
 	  $(GO) test -run '^$$' -bench BenchmarkFailover -benchtime 1x -count 1 -timeout 20m -v ./internal/bench/failover/
 
 # vigil's forwarder against HAProxy (mode tcp, leastconn) and a direct connection, on the same

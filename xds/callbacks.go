@@ -60,6 +60,7 @@ func (s *Server) callbacks() serverv3.Callbacks {
 			svc := serviceLabel(typeURL)
 			s.streams.Store(api+"/"+strconv.FormatInt(id, 10), svc)
 			s.m.streams.WithLabelValues(api, svc).Inc()
+			s.ackOpened(api, id)
 			return nil
 		}
 	}
@@ -68,6 +69,7 @@ func (s *Server) callbacks() serverv3.Callbacks {
 			if svc, ok := s.streams.LoadAndDelete(api + "/" + strconv.FormatInt(id, 10)); ok {
 				s.m.streams.WithLabelValues(api, svc.(string)).Dec()
 			}
+			s.ackClosed(api, id)
 		}
 	}
 	nack := func(n *corev3.Node, typeURL, version, nonce string, detail interface{ GetMessage() string }) {
@@ -81,25 +83,29 @@ func (s *Server) callbacks() serverv3.Callbacks {
 		StreamClosedFunc:      closed("sotw"),
 		DeltaStreamOpenFunc:   open("delta"),
 		DeltaStreamClosedFunc: closed("delta"),
-		StreamRequestFunc: func(_ int64, r *discoveryv3.DiscoveryRequest) error {
+		StreamRequestFunc: func(id int64, r *discoveryv3.DiscoveryRequest) error {
+			s.ackAnswered("sotw", id, r.GetResponseNonce(), r.GetErrorDetail() != nil)
 			if r.GetErrorDetail() != nil {
 				nack(r.GetNode(), r.GetTypeUrl(), r.GetVersionInfo(), r.GetResponseNonce(), r.GetErrorDetail())
 			}
 			return nil
 		},
-		StreamDeltaRequestFunc: func(_ int64, r *discoveryv3.DeltaDiscoveryRequest) error {
+		StreamDeltaRequestFunc: func(id int64, r *discoveryv3.DeltaDiscoveryRequest) error {
+			s.ackAnswered("delta", id, r.GetResponseNonce(), r.GetErrorDetail() != nil)
 			if r.GetErrorDetail() != nil {
 				nack(r.GetNode(), r.GetTypeUrl(), "", r.GetResponseNonce(), r.GetErrorDetail())
 			}
 			return nil
 		},
-		StreamResponseFunc: func(_ context.Context, _ int64, _ *discoveryv3.DiscoveryRequest, r *discoveryv3.DiscoveryResponse) {
+		StreamResponseFunc: func(_ context.Context, id int64, _ *discoveryv3.DiscoveryRequest, r *discoveryv3.DiscoveryResponse) {
+			s.ackSent("sotw", id, r.GetNonce())
 			t := typeLabel(r.GetTypeUrl())
 			s.m.responses.WithLabelValues("sotw", t).Inc()
 			s.m.resources.WithLabelValues(t).Add(float64(len(r.GetResources())))
 			s.m.bytes.WithLabelValues(t).Add(float64(proto.Size(r)))
 		},
-		StreamDeltaResponseFunc: func(_ int64, _ *discoveryv3.DeltaDiscoveryRequest, r *discoveryv3.DeltaDiscoveryResponse) {
+		StreamDeltaResponseFunc: func(id int64, _ *discoveryv3.DeltaDiscoveryRequest, r *discoveryv3.DeltaDiscoveryResponse) {
+			s.ackSent("delta", id, r.GetNonce())
 			t := typeLabel(r.GetTypeUrl())
 			s.m.responses.WithLabelValues("delta", t).Inc()
 			s.m.resources.WithLabelValues(t).Add(float64(len(r.GetResources()) + len(r.GetRemovedResources())))

@@ -15,9 +15,11 @@ type metrics struct {
 	responses *prometheus.CounterVec // responses sent to clients, by api and type
 	nacks     *prometheus.CounterVec // rejected responses, by type
 	latency   prometheus.Histogram   // first table change to push
-	version   prometheus.Gauge       // version epoch
-	upstreams prometheus.Gauge       // upstreams served
-	rejected  *prometheus.CounterVec // connections and streams refused by xds.limits, by what
+	// changeToAck: health state change to its acknowledgement by each client.
+	changeToAck prometheus.Histogram
+	version     prometheus.Gauge       // version epoch
+	upstreams   prometheus.Gauge       // upstreams served
+	rejected    *prometheus.CounterVec // connections and streams refused by xds.limits, by what
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -51,6 +53,11 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help:    "Time from a table change to its push into the xDS caches, coalescing included.",
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1},
 		}),
+		changeToAck: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "vigil_xds_change_to_ack_seconds",
+			Help:    "From the probe result that changed an instance's health state to each xDS client's acknowledgement (ACK) of the first response that carries it.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
+		}),
 		version: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "vigil_xds_version_epoch",
 			Help: "The version epoch of this run: the prefix of every xDS version it serves.",
@@ -67,7 +74,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.streams, m.pushes, m.resources, m.bytes, m.responses, m.nacks, m.latency, m.version, m.upstreams, m.rejected} {
+	for _, c := range []prometheus.Collector{m.streams, m.pushes, m.resources, m.bytes, m.responses, m.nacks, m.latency, m.changeToAck, m.version, m.upstreams, m.rejected} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("xds: register metrics: %w", err)
 		}

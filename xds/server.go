@@ -52,7 +52,13 @@ type Server struct {
 	pushed map[string]*pushedSet
 
 	streams sync.Map // "sotw/<id>" or "delta/<id>" -> streams label values
-	addr    atomic.Pointer[net.TCPAddr]
+	acks    sync.Map // "sotw/<id>" or "delta/<id>" -> *ackState
+
+	// change is the newest health state change a push carried (see ack.go); markedSeq, its
+	// Seq, is owned by the push loop.
+	change    atomic.Pointer[changeMark]
+	markedSeq uint64
+	addr      atomic.Pointer[net.TCPAddr]
 }
 
 // resourceCache is a cache of one resource type that the push loop updates.
@@ -336,6 +342,12 @@ func (s *Server) push(since time.Time) bool {
 		if u, ok := snap.Upstreams[key]; (!ok || u.Local) && (key != inbound || cfg.Inbound.Name == "") {
 			diff(old.res, nil, &upd, &del)
 			staged[key] = nil
+		}
+	}
+	for k := range upd {
+		if len(upd[k])+len(del[k]) > 0 {
+			s.markChange(snap.Change) // before the caches send the responses that carry it
+			break
 		}
 	}
 	// Make before break: clusters, then endpoints, then the listeners and routes that use

@@ -186,6 +186,7 @@ func (s *Server) appendService(b []byte, q *query, qtype uint16, size int) ([]by
 	if svc == nil || (q.dc != "" && !ix.dcs[q.dc]) {
 		return b, 0, 0, mdns.RcodeNameError, false
 	}
+	s.noteAnswer(ix)
 	recs := svc.served
 	if q.dc != "" {
 		recs = svc.byDC[q.dc]

@@ -6,6 +6,8 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync/atomic"
+	"time"
 
 	mdns "github.com/miekg/dns"
 
@@ -20,6 +22,18 @@ type index struct {
 	ttls     *ttls               // it was built with
 	services map[string]*service // by lowercase name
 	dcs      map[string]bool     // every known datacenter, lowercase
+	// change is the snapshot's newest health state change; unanswered is true until a service
+	// question is first answered from this index, if the change is new to it (see noteAnswer).
+	change     table.Change
+	unanswered atomic.Bool
+}
+
+// noteAnswer observes, at the first service answer from ix after a health state change, the time
+// since the probe result that made it; otherwise it costs one atomic load.
+func (s *Server) noteAnswer(ix *index) {
+	if ix.unanswered.Load() && ix.unanswered.CompareAndSwap(true, false) {
+		s.m.changeToAnswer.Observe(time.Since(ix.change.At).Seconds())
+	}
 }
 
 // service is the prebuilt record data of one upstream, reused while its Version is unchanged.
@@ -51,7 +65,11 @@ const srvTarget = 16 // offset of the SRV target in rec.srv
 
 // buildIndex builds the index of snap, reusing the services of prev that did not change.
 func (s *Server) buildIndex(snap *table.Snapshot, ttls *ttls, prev *index) *index {
-	ix := &index{version: snap.Version, ready: snap.Ready, ttls: ttls, services: make(map[string]*service, len(snap.Upstreams)), dcs: map[string]bool{s.localDC: true}}
+	ix := &index{version: snap.Version, ready: snap.Ready, ttls: ttls, services: make(map[string]*service, len(snap.Upstreams)), dcs: map[string]bool{s.localDC: true}, change: snap.Change}
+	// A change not answered yet from prev passes on to ix (Swap: never observed twice).
+	if prev != nil && (prev.unanswered.Swap(false) || snap.Change.Seq != prev.change.Seq) {
+		ix.unanswered.Store(true)
+	}
 	for name, u := range snap.Upstreams {
 		if u.Local { // the local service's reserved upstream: not a destination
 			continue

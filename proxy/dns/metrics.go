@@ -23,8 +23,10 @@ type metrics struct {
 	forwarded prometheus.Counter
 	fwdErrors prometheus.Counter
 	rebuilds  prometheus.Counter
-	dropped   prometheus.Counter
-	limited   [2]prometheus.Counter // UDP responses over the rate limit: slipped, dropped
+	// changeToAnswer: from a health state change to the first answer built from it.
+	changeToAnswer prometheus.Histogram
+	dropped        prometheus.Counter
+	limited        [2]prometheus.Counter // UDP responses over the rate limit: slipped, dropped
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -53,6 +55,11 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		rebuilds: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "vigil_dns_index_rebuilds_total",
 			Help: "Answer indexes rebuilt from a new table snapshot.",
+		}),
+		changeToAnswer: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "vigil_dns_change_to_answer_seconds",
+			Help:    "From the probe result that changed an instance's health state to the first DNS answer built from a table snapshot that holds it.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
 		}),
 		dropped: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "vigil_dns_dropped_total",
@@ -83,7 +90,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{queries, m.latency, m.truncated, m.forwarded, m.fwdErrors, m.rebuilds, m.dropped, limited} {
+		for _, c := range []prometheus.Collector{queries, m.latency, m.truncated, m.forwarded, m.fwdErrors, m.rebuilds, m.changeToAnswer, m.dropped, limited} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("dns: metrics: %w", err)
 			}

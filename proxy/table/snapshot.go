@@ -46,6 +46,16 @@ type Snapshot struct {
 	Ready     bool
 	Upstreams map[string]*Upstream
 	Names     []string // upstream names, sorted
+	// Change is the newest change of an instance's health state that this snapshot (or an
+	// earlier one) took in: frontends observe how long it took to reach their clients.
+	Change Change
+}
+
+// Change identifies a change of an instance's health state: Seq counts them (0: none yet), At is
+// the time of the probe result that made it (health.Status.Since).
+type Change struct {
+	Seq uint64
+	At  time.Time
 }
 
 // LocalPrefix starts the reserved upstream name of the local service (the `service:` section):

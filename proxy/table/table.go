@@ -39,6 +39,7 @@ type Table struct {
 	statuses map[discovery.Key]health.Status
 	holds    map[string]map[string]Hold // upstream -> instance ID ("" for all) -> hold
 	subs     map[chan struct{}]struct{}
+	change   Change // the newest state change taken in
 }
 
 // New returns a Table holding an empty, not ready snapshot at version 1.
@@ -83,6 +84,9 @@ func (t *Table) SetMembership(m discovery.Membership, statuses map[discovery.Key
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.mem = m
+	for k, s := range statuses {
+		t.noteChange(t.statuses[k], s)
+	}
 	t.statuses = make(map[discovery.Key]health.Status, len(statuses))
 	maps.Copy(t.statuses, statuses)
 	t.rebuild(nil)
@@ -95,8 +99,21 @@ func (t *Table) SetStatus(k discovery.Key, s health.Status) {
 	if _, ok := t.mem.Upstreams[k.Upstream]; !ok {
 		return
 	}
+	t.noteChange(t.statuses[k], s)
 	t.statuses[k] = s
 	t.rebuild([]string{k.Upstream})
+}
+
+// noteChange records a change of state from prev to s (a new instance's first Unknown is none).
+// Called with mu held.
+func (t *Table) noteChange(prev, s health.Status) {
+	if prev.State == s.State || s.Since.IsZero() {
+		return
+	}
+	t.change.Seq++
+	if s.Since.After(t.change.At) {
+		t.change.At = s.Since
+	}
 }
 
 var _ health.Sink = (*Table)(nil)
@@ -130,6 +147,7 @@ func (t *Table) rebuild(only []string) {
 	}
 	next.Names = t.mem.Names()
 	next.Ready = t.mem.Ready
+	next.Change = t.change
 	for _, u := range next.Upstreams {
 		if !next.Ready {
 			break

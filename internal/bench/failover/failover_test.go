@@ -6,6 +6,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -13,7 +15,8 @@ import (
 )
 
 // BenchmarkFailover: see BENCHMARKS.md ("Failover"). VIGIL_FAILOVER_QUICK=1 runs a few events at
-// the default setting only; VIGIL_FAILOVER_OUT=dir writes the report and one SVG timeline per path.
+// the default setting only; VIGIL_FAILOVER_OUT=dir writes the report and one SVG timeline per path;
+// VIGIL_FAILOVER_PATHS picks paths (below).
 func BenchmarkFailover(b *testing.B) {
 	consul := testutil.Need(b, "consul")
 	testutil.Need(b, "python3")
@@ -29,16 +32,25 @@ func BenchmarkFailover(b *testing.B) {
 	vigil := build("github.com/vigil-sidecar/vigil/cmd/vigil", "vigil")
 
 	quick := os.Getenv("VIGIL_FAILOVER_QUICK") != ""
-	dnsDef, xdsDef := NewVigil(Defaults)
-	paths := []Path{dnsDef, xdsDef}
+	dnsDef, xdsDef, fwDef := NewVigil(Defaults)
+	paths := []Path{dnsDef, xdsDef, fwDef}
 	kills, stops := 20, 10
 	if quick {
 		kills, stops = 3, 2
 	} else {
-		dnsAgg, xdsAgg := NewVigil(Aggressive)
-		paths = append(paths, dnsAgg, xdsAgg)
+		dnsAgg, xdsAgg, fwAgg := NewVigil(Aggressive)
+		paths = append(paths, dnsAgg, xdsAgg, fwAgg)
 	}
 	paths = append(paths, &ConsulDNS{})
+	// VIGIL_FAILOVER_PATHS=vigil-forward,consul runs only the paths whose names start with one of
+	// the prefixes (fewer clients: a closing backend is not overloaded by the other paths' traffic).
+	report := "failover.md"
+	if only := os.Getenv("VIGIL_FAILOVER_PATHS"); only != "" {
+		paths = slices.DeleteFunc(paths, func(p Path) bool {
+			return !slices.ContainsFunc(strings.Split(only, ","), func(pre string) bool { return strings.HasPrefix(p.Name(), pre) })
+		})
+		report = "failover-" + strings.ReplaceAll(only, ",", "-") + ".md"
+	}
 	cfg := Config{
 		Paths:   paths,
 		Env:     Env{Dir: dir, Consul: consul, Vigil: vigil, Logf: b.Logf},
@@ -69,7 +81,7 @@ func BenchmarkFailover(b *testing.B) {
 			if err := os.MkdirAll(out, 0o755); err != nil {
 				b.Fatal(err)
 			}
-			if err := os.WriteFile(filepath.Join(out, "failover.md"), md.Bytes(), 0o644); err != nil {
+			if err := os.WriteFile(filepath.Join(out, report), md.Bytes(), 0o644); err != nil {
 				b.Fatal(err)
 			}
 			if os.Getenv("VIGIL_FAILOVER_EVENTS") != "" {

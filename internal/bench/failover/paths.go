@@ -46,6 +46,7 @@ type vigilProc struct {
 	cmd          *exec.Cmd
 	dns          string // host:port
 	xds          string
+	forward      [numKinds]string // each upstream's forwarder listener, if upstreamYAML adds it
 	done         chan struct{}
 }
 
@@ -67,6 +68,11 @@ func (v *vigilProc) run(ctx context.Context, env *Env) error {
 		ports[i] = p
 	}
 	v.dns, v.xds = fmt.Sprintf("127.0.0.1:%d", ports[0]), fmt.Sprintf("127.0.0.1:%d", ports[1])
+	fw, err := forwardListeners()
+	if err != nil {
+		return err
+	}
+	v.forward = fw
 	var b strings.Builder
 	fmt.Fprintf(&b, "log: {level: info}\nadmin: {listen: 127.0.0.1:%d}\ndns: {listen: %q}\nxds: {listen: %q}\n", ports[2], v.dns, v.xds)
 	// A DNS TTL of 0, as Consul's: a client that honours the TTL asks again for each request.
@@ -154,10 +160,12 @@ type VigilXDS struct {
 	cc  *grpc.ClientConn
 }
 
-// NewVigil returns the DNS and xDS paths of one vigil process running at set.
-func NewVigil(set Setting) (*VigilDNS, *VigilXDS) {
+// NewVigil returns the DNS, xDS and forwarder paths of one vigil process running at set (each
+// upstream has a forwarder listener, used or not).
+func NewVigil(set Setting) (*VigilDNS, *VigilXDS, *VigilForward) {
 	v := &vigilProc{set: set}
-	return &VigilDNS{v: v}, &VigilXDS{v: v}
+	v.upstreamYAML = func(k Kind) string { return forwardYAML(v.forward[k]) }
+	return &VigilDNS{v: v}, &VigilXDS{v: v}, &VigilForward{v: v}
 }
 
 func (p *VigilDNS) Name() string        { return "vigil-dns-" + p.v.set.Name }

@@ -18,7 +18,9 @@ type Outcome struct {
 }
 
 // outcome measures s around ev. A request "offers" the instance when the path could have sent it
-// there: a DNS answer that holds its address; for a path that picks itself, the instance it used.
+// there: a DNS answer that holds its address; for a path that picks itself, the instance it used
+// (for an unattributed path, a failed request whose instance is unknown is counted as sent to the
+// event's instance: the other two answer).
 func outcome(s *series, ev Event) Outcome {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -31,11 +33,12 @@ func outcome(s *series, ev Event) Outcome {
 			continue
 		case r.failed:
 			o.Failed++
-			if int(r.sent) != ev.Inst {
+			if int(r.sent) != ev.Inst && !(s.unattributed && r.sent < 0) {
 				o.FailedBad++
 			}
 		}
-		if r.at < ev.Back && r.offered&bit != 0 {
+		blind := s.unattributed && r.failed && r.sent < 0 // counted as sent to the dead instance
+		if r.at < ev.Back && (r.offered&bit != 0 || blind) {
 			o.Leave = r.at - ev.At
 			if r.at > ev.Back-100*time.Millisecond {
 				o.Left = false

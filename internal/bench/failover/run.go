@@ -42,8 +42,10 @@ type Event struct {
 type series struct {
 	path string
 	kind Kind
-	mu   sync.Mutex
-	recs []record
+	// unattributed: a failed request with no known instance is counted against the event's.
+	unattributed bool
+	mu           sync.Mutex
+	recs         []record
 }
 
 // Result is what a run measured.
@@ -106,6 +108,9 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 				return nil, fmt.Errorf("%s: client: %w", p.Name(), err)
 			}
 			s := &series{path: p.Name(), kind: k}
+			if u, ok := p.(interface{ Unattributed() bool }); ok {
+				s.unattributed = u.Unattributed()
+			}
 			res.Series = append(res.Series, s)
 			load.Go(func() { drive(lctx, c, s, cfg.Rate, since) })
 		}
