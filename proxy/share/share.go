@@ -248,6 +248,13 @@ func (n *Node) Owns(k discovery.Key, zone string) bool {
 	return !ok
 }
 
+// Taken reports whether this vigil takes the owners' verdict on k now, instead of probing it.
+func (n *Node) Taken(k discovery.Key) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.applied[k].has
+}
+
 // Verdict broadcasts a change of this vigil's own verdict on an instance it owns (health.Sharer).
 func (n *Node) Verdict(k discovery.Key, s health.State, reason string) {
 	if s == health.Unknown {
