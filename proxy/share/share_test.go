@@ -77,8 +77,9 @@ func (b *backend) crash() { _ = b.srv.Close() }
 
 // sink keeps the last status of every instance.
 type sink struct {
-	mu sync.Mutex
-	st map[discovery.Key]health.Status
+	mu   sync.Mutex
+	st   map[discovery.Key]health.Status
+	hist map[discovery.Key][]string
 }
 
 func (s *sink) SetMembership(_ discovery.Membership, st map[discovery.Key]health.Status) {
@@ -91,6 +92,10 @@ func (s *sink) SetStatus(k discovery.Key, st health.Status) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.st[k] = st
+	if s.hist == nil {
+		s.hist = map[discovery.Key][]string{}
+	}
+	s.hist[k] = append(s.hist[k], fmt.Sprintf("%s %s %q", time.Now().Format("05.000"), st.State, st.Reason))
 }
 
 func (s *sink) get(k discovery.Key) health.Status {
@@ -281,6 +286,13 @@ func TestSharedProbing(t *testing.T) {
 	}
 
 	// A crashed instance is dropped by a non-owner through its own watch connection.
+	changes := func(v *vigil, cause string) float64 {
+		return testutil.Metric(t, v.reg, "vigil_health_state_changes_total", map[string]string{"upstream": "c", "cause": cause})
+	}
+	before := map[string][2]float64{}
+	for _, v := range vs {
+		before[v.name] = [2]float64{changes(v, "watch"), changes(v, "shared")}
+	}
 	backends["c"].crash()
 	testutil.Eventually(t, 20*time.Second, 5*time.Millisecond, func() bool {
 		for _, v := range vs {
@@ -295,10 +307,9 @@ func TestSharedProbing(t *testing.T) {
 			continue
 		}
 		st := v.sink.get(key("c"))
-		watch := testutil.Metric(t, v.reg, "vigil_health_state_changes_total", map[string]string{"upstream": "c", "cause": "watch"})
-		sh := testutil.Metric(t, v.reg, "vigil_health_state_changes_total", map[string]string{"upstream": "c", "cause": "shared"})
+		watch, sh := changes(v, "watch")-before[v.name][0], changes(v, "shared")-before[v.name][1]
 		if watch != 1 || sh != 0 || strings.HasPrefix(st.Reason, "shared: ") {
-			t.Errorf("non-owner %s: changes by watch %v, by shared %v, reason %q; want its own watch", v.name, watch, sh, st.Reason)
+			t.Errorf("non-owner %s: changes by watch %v, by shared %v, reason %q; want its own watch; %q", v.name, watch, sh, st.Reason, v.sink.hist[key("c")])
 		}
 	}
 
