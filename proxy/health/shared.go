@@ -18,7 +18,7 @@ type Sharer interface {
 	Owns(k discovery.Key, zone string) bool
 	// Verdict is told every change of this vigil's own verdict on k (its own probes and
 	// passive signals, never a shared verdict). It must not block.
-	Verdict(k discovery.Key, s State, reason string)
+	Verdict(k discovery.Key, zone string, s State, reason string)
 }
 
 // sharedPrefix starts the reason of a verdict taken from the instance's owners.
@@ -70,7 +70,7 @@ func (p *prober) overlay(st Status) Status {
 // tellSharer passes a change of the own verdict to the sharer. Called with p.mu held.
 func (p *prober) tellSharer(before State, reason string) {
 	if s := p.c.sharer; s != nil && p.m.State() != before {
-		s.Verdict(p.key, p.m.State(), reason)
+		s.Verdict(p.key, p.sh.zone, p.m.State(), reason)
 	}
 }
 

@@ -256,13 +256,14 @@ func (n *Node) Taken(k discovery.Key) bool {
 }
 
 // Verdict broadcasts a change of this vigil's own verdict on an instance it owns (health.Sharer).
-func (n *Node) Verdict(k discovery.Key, s health.State, reason string) {
+func (n *Node) Verdict(k discovery.Key, zone string, s health.State, reason string) {
 	if s == health.Unknown {
 		return
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if !n.isOwnerLocked(k, n.zones[k]) || !n.shared[k.Upstream] {
+	n.zones[k] = zone
+	if !n.isOwnerLocked(k, zone) || !n.shared[k.Upstream] {
 		return
 	}
 	n.sendLocked(k, s == health.Healthy, reason)
