@@ -84,8 +84,9 @@ func (c *Checker) ApplyVerdict(k discovery.Key, healthy bool, reason string) {
 		fresh := !p.sh.has
 		p.sh.has, p.sh.healthy, p.sh.reason = true, healthy, reason
 		p.republish()
-		if fresh && !p.owns() && p.m.State() != Unhealthy && p.c.shareIdle > 0 {
+		if fresh && !p.owns() && p.m.State() == Healthy && p.c.shareIdle > 0 {
 			// taken over by the owners: the probe scheduled at the full rate is not needed
+			// (an instance not yet seen pass by this vigil keeps its own probes)
 			p.c.sched.postpone(p, p.c.sched.now()+int64(jitterIdle(p.c.shareIdle)))
 		}
 	})

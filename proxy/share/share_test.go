@@ -139,7 +139,7 @@ func startVigil(t *testing.T, name string, m discovery.Membership, join []string
 	}
 	cfg := share.DefaultConfig()
 	cfg.Enabled, cfg.Bind, cfg.Port, cfg.Join = true, "127.0.0.1", 0, join
-	cfg.MaxVerdictAge, cfg.ProbeInterval, cfg.GossipInterval = 5*time.Second, 500*time.Millisecond, 200*time.Millisecond
+	cfg.MaxVerdictAge, cfg.ProbeInterval, cfg.GossipInterval = 5*time.Second, time.Second, 200*time.Millisecond
 	v.node, err = share.New(share.Options{Config: cfg, Name: name, Datacenter: "dc1", Upstreams: shared, Checker: c, Registerer: v.reg})
 	if err != nil {
 		t.Fatal(err)
@@ -223,12 +223,27 @@ func TestSharedProbing(t *testing.T) {
 		t.Logf("owners of %s: %v", u, owners(u))
 	}
 
-	// Each shared instance is probed by its 2 owners only; the unshared one by all 3.
+	// Each shared instance is probed by its 2 owners only; the unshared one by all 3. A vigil
+	// whose own first probes failed (a loaded machine) confirms its recovery with one more
+	// probe: let the owners probe three times first.
 	mark := map[string]map[string]int{}
 	for u, b := range backends {
 		mark[u] = b.counts()
 	}
 	since := func(u, v string) int { return backends[u].counts()[v] - mark[u][v] }
+	testutil.Eventually(t, 30*time.Second, 20*time.Millisecond, func() bool {
+		for _, u := range shared {
+			for _, o := range owners(u) {
+				if since(u, o) < 3 {
+					return false
+				}
+			}
+		}
+		return true
+	}, "owners probe")
+	for u, b := range backends {
+		mark[u] = b.counts()
+	}
 	start := time.Now()
 	testutil.Eventually(t, 30*time.Second, 20*time.Millisecond, func() bool {
 		for _, u := range shared {
@@ -350,8 +365,7 @@ func waitFor(t *testing.T, d time.Duration, cond func() bool, msg string) {
 	deadline := time.Now().Add(d)
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Errorf("not within %s: %s", d, msg)
-			return
+			t.Fatalf("not within %s: %s", d, msg)
 		}
 		select {
 		case <-time.After(10 * time.Millisecond):
