@@ -378,6 +378,10 @@ func (n *Node) receive(v verdict) {
 	now := time.Now()
 	k := v.key()
 	n.mu.Lock()
+	if !n.shared[k.Upstream] { // an upstream this vigil does not watch, or probes itself
+		n.mu.Unlock()
+		return
+	}
 	m := n.heard[k]
 	if m == nil {
 		m = map[string]heard{}
