@@ -336,6 +336,7 @@ func TestSharedProbing(t *testing.T) {
 
 	// An owner of b dies: ownership moves and b is still probed by 2 live vigils.
 	dead := owners("b")[0]
+	killed := time.Now()
 	byName[dead].stop(t)
 	alive[dead] = false
 	var live []*vigil
@@ -352,6 +353,7 @@ func TestSharedProbing(t *testing.T) {
 		}
 		return true
 	}, "ownership of b moves off the dead vigil")
+	t.Logf("owner %s killed: ownership moved %s later (memberlist probe_interval 1s)", dead, time.Since(killed).Round(time.Millisecond))
 	mark["b"] = backends["b"].counts()
 	testutil.Eventually(t, 30*time.Second, 20*time.Millisecond, func() bool {
 		for _, v := range live {
