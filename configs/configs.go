@@ -22,6 +22,7 @@ import (
 	"github.com/vigil-sidecar/vigil/proxy/dns"
 	"github.com/vigil-sidecar/vigil/proxy/forward"
 	"github.com/vigil-sidecar/vigil/proxy/health"
+	"github.com/vigil-sidecar/vigil/proxy/share"
 	"github.com/vigil-sidecar/vigil/proxy/table"
 	"github.com/vigil-sidecar/vigil/xds"
 )
@@ -56,6 +57,9 @@ type Config struct {
 	// AllowEmpty lets a configuration have no upstreams (default false: one without any is
 	// refused, so that an empty or truncated file cannot empty every upstream on a reload).
 	AllowEmpty bool `yaml:"allow_empty"`
+	// Share shares the active probing of each instance among the vigils of the datacenter
+	// (default: off, every vigil probes every instance). See the README, "Shared probing".
+	Share share.Config `yaml:"share"`
 }
 
 // Node describes the machine vigil runs on.
@@ -113,6 +117,9 @@ type Upstream struct {
 	// Forward, if set, gives the upstream a local TCP listener of vigil's own L4 forwarder
 	// (default: none).
 	Forward *forward.Config `yaml:"forward"`
+	// Share, when false, keeps the upstream out of shared probing: this vigil probes each of
+	// its instances itself (default true; only with share.enabled).
+	Share *bool `yaml:"share"`
 }
 
 // Builtin returns the built-in defaults that a configuration file overrides.
@@ -127,6 +134,7 @@ func Builtin() Config {
 		Defaults:  Defaults{Check: health.DefaultCheck(), Policy: table.DefaultPolicy(), DNS: dns.DefaultUpstream()},
 		XDS:       xds.DefaultConfig(),
 		DNS:       dns.DefaultConfig(),
+		Share:     share.DefaultConfig(),
 	}
 }
 
@@ -311,6 +319,7 @@ func (c *Config) Validate() error {
 		}
 	}
 	c.validateForwardListens(&errs)
+	errs.Add("share", c.Share.Validate())
 	return errs.Err()
 }
 
@@ -386,4 +395,15 @@ func (c *Config) Forwards() map[string]forward.Config {
 		}
 	}
 	return m
+}
+
+// SharedUpstreams returns the upstreams whose probing is shared (none unless share.enabled).
+func (c *Config) SharedUpstreams() []string {
+	var out []string
+	for _, u := range c.Upstreams {
+		if c.Share.Enabled && (u.Share == nil || *u.Share) {
+			out = append(out, u.Name)
+		}
+	}
+	return out
 }

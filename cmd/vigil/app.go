@@ -20,6 +20,7 @@ import (
 	"github.com/vigil-sidecar/vigil/proxy/dns"
 	"github.com/vigil-sidecar/vigil/proxy/forward"
 	"github.com/vigil-sidecar/vigil/proxy/health"
+	"github.com/vigil-sidecar/vigil/proxy/share"
 	"github.com/vigil-sidecar/vigil/proxy/table"
 	"github.com/vigil-sidecar/vigil/xds"
 )
@@ -39,6 +40,7 @@ type app struct {
 	dns     *dns.Server // nil when dns.listen is ""
 	ctl     *control    // the admin API's runtime control (control.go)
 	forward *forward.Forwarder
+	share   *share.Node // nil when share.enabled is false
 
 	demo   bool                            // serve demo instances too
 	reload func() (*configs.Config, error) // reads the configuration again on SIGHUP
@@ -79,6 +81,14 @@ func newApp(cfg *configs.Config, log *slog.Logger) (*app, error) {
 	if err != nil {
 		return nil, fmt.Errorf("health: %w", err)
 	}
+	if cfg.Share.Enabled {
+		// Upstreams added by a reload are not shared until the next start: probed by every vigil.
+		if a.share, err = share.New(share.Options{Config: cfg.Share, Name: cfg.Node.Name, Datacenter: cfg.Node.Datacenter,
+			Zone: cfg.Node.Zone, Upstreams: cfg.SharedUpstreams(), Checker: a.checker, Registerer: a.reg,
+			Logger: log.With("part", "share")}); err != nil {
+			return nil, err
+		}
+	}
 	a.admin = admin.New(cfg.Admin, a.table, a.reg, log)
 	if err := a.setupControl(); err != nil {
 		return nil, err
@@ -112,6 +122,9 @@ func (a *app) Run(ctx context.Context) error {
 	a.admin.OnListen = a.onAdmin
 	g.Go(func() error { return a.manager.Run(ctx) })
 	g.Go(func() error { return a.checker.Run(ctx) })
+	if a.share != nil {
+		g.Go(func() error { return a.share.Run(ctx) })
+	}
 	g.Go(func() error { return a.admin.Run(ctx) })
 	g.Go(func() error { return a.xds.Run(ctx) })
 	if a.dns != nil {

@@ -23,6 +23,7 @@ func keepRestartOnly(old, cfg *configs.Config) []string {
 	keep("log", old.Log, cfg.Log, func() { cfg.Log = old.Log })
 	keep("node.datacenter", old.Node.Datacenter, cfg.Node.Datacenter, func() { cfg.Node.Datacenter = old.Node.Datacenter })
 	keep("discovery", old.Discovery, cfg.Discovery, func() { cfg.Discovery = old.Discovery })
+	keep("share", old.Share, cfg.Share, func() { cfg.Share = old.Share })
 	oc, nc := old.Consul, cfg.Consul
 	oc.Token, nc.Token = "", "" // read from token_file at start only
 	keep("consul", oc, nc, func() { cfg.Consul = old.Consul })

@@ -48,6 +48,9 @@ type Checker struct {
 	running atomic.Bool
 	lagHook func(time.Duration) // tests and benchmarks
 
+	sharer    Sharer        // shared probing (shared.go); nil: every instance is owned
+	shareIdle time.Duration // probe interval of an instance owned by others
+
 	mu     sync.RWMutex
 	def    CheckConfig
 	checks map[string]CheckConfig
@@ -210,7 +213,7 @@ func (c *Checker) setMembership(m discovery.Membership) {
 				p = nil
 			}
 			if p == nil {
-				p = c.newProber(u, u.chk, discovery.Key{Upstream: name, ID: in.ID}, in.Address, in.Port, now, nil)
+				p = c.newProber(u, u.chk, discovery.Key{Upstream: name, ID: in.ID}, in.Address, in.Port, now, nil, in.Zone)
 				u.probers[in.ID] = p
 			}
 			statuses[p.key] = p.Status()
@@ -260,7 +263,7 @@ func (c *Checker) SetChecks(def CheckConfig, checks map[string]CheckConfig) {
 		}
 		for id, p := range u.probers {
 			p.stop()
-			u.probers[id] = c.newProber(u, u.chk, p.key, p.address, p.port, now, p)
+			u.probers[id] = c.newProber(u, u.chk, p.key, p.address, p.port, now, p, p.sh.zone)
 		}
 	}
 }

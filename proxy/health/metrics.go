@@ -38,7 +38,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, []string{"upstream"}),
 		changes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "vigil_health_state_changes_total",
-			Help: "Changes of an instance's health state by upstream and cause: probe (a scheduled probe), watch (a probe triggered by the instance closing its idle connection), passive (failures seen by a proxy), registry (the discovery source's verdict, kind none), manual.",
+			Help: "Changes of an instance's health state by upstream and cause: probe (a scheduled probe), watch (a probe triggered by the instance closing its idle connection), passive (failures seen by a proxy), registry (the discovery source's verdict, kind none), manual, shared (the owners' verdict, shared probing).",
 		}, []string{"upstream", "cause"}),
 		toTable: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "vigil_health_change_to_table_seconds",
@@ -85,10 +85,11 @@ const (
 	causePassive
 	causeRegistry
 	causeManual
+	causeShared
 	numCauses
 )
 
-var causeNames = [numCauses]string{"probe", "watch", "passive", "registry", "manual"}
+var causeNames = [numCauses]string{"probe", "watch", "passive", "registry", "manual", "shared"}
 
 func (m *metrics) upstream(name string) upstreamMetrics {
 	u := upstreamMetrics{

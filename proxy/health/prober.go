@@ -45,6 +45,7 @@ type prober struct {
 	grpc     *grpcConn
 	req      []byte      // the http request, built at the first http probe
 	tlsCfg   *tls.Config // built at the first TLS probe
+	sh       shareState  // shared probing (shared.go)
 }
 
 // rewakeDelay is the delay before confirming a failed probe triggered by a closed connection.
@@ -52,12 +53,12 @@ const rewakeDelay = 5 * time.Millisecond
 
 // newProber starts following an instance; prev, if not nil, is the prober it replaces (same
 // instance, new check), whose verdict it keeps.
-func (c *Checker) newProber(u *upstream, chk *check, k discovery.Key, address string, port int, now time.Time, prev *prober) *prober {
+func (c *Checker) newProber(u *upstream, chk *check, k discovery.Key, address string, port int, now time.Time, prev *prober, zone string) *prober {
 	p := &prober{c: c, up: u, chk: chk, key: k, address: address, port: port,
-		hostport: net.JoinHostPort(address, strconv.Itoa(port)), idx: -1, w: watchState{life: -1}}
+		hostport: net.JoinHostPort(address, strconv.Itoa(port)), idx: -1, w: watchState{life: -1}, sh: shareState{zone: zone, owned: true}}
 	if prev != nil {
 		prev.mu.Lock()
-		p.m, p.status, p.stats = prev.m, prev.status, prev.stats
+		p.m, p.status, p.stats, p.sh = prev.m, prev.status, prev.stats, prev.sh
 		prev.mu.Unlock()
 	} else {
 		p.stats = &Stats{}
@@ -183,7 +184,7 @@ func (p *prober) probe(ctx context.Context) {
 	case edge: // counted from the end: a probe that timed out is not followed by another at once
 		due = now + int64(cfg.EdgeInterval)
 	default: // from when it was due if dispatched early within its window, else from its start
-		due = max(startMono, p.slot) + int64(p.chk.interval(p.status.State == Unhealthy))
+		due = max(startMono, p.slot) + int64(p.nextInterval())
 		window = p.chk.window()
 	}
 	p.wake, p.edge = false, false
@@ -253,6 +254,7 @@ func (p *prober) observe(now time.Time, err error) {
 // observeBy feeds n equal results, each err, to the state machine and queues the status if it
 // changed; cause is what triggered the result. Called with mu held.
 func (p *prober) observeBy(now time.Time, err error, cause cause, n int) {
+	before := p.m.State()
 	for range max(n, 1) {
 		p.m.Observe(now, err == nil, p.chk.th)
 	}
@@ -269,6 +271,8 @@ func (p *prober) observeBy(now time.Time, err error, cause cause, n int) {
 	case st.Flapping:
 		st.Reason = flapReason(p.chk.cfg.Flap)
 	}
+	p.tellSharer(before, st.Reason)
+	st = p.overlay(st)
 	if st.State == p.status.State && st.Reason == p.status.Reason && st.Flapping == p.status.Flapping {
 		return
 	}
