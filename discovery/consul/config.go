@@ -88,6 +88,7 @@ func DefaultConfig() Config {
 		WaitTime:         time.Minute,
 		AllowStale:       true,
 		MaxStale:         10 * time.Second,
+		UseCache:         true,
 		MinInterval:      time.Second,
 		BackoffBase:      500 * time.Millisecond,
 		BackoffMax:       30 * time.Second,
