@@ -11,6 +11,7 @@ import (
 	"crypto/x509/pkix"
 	"fmt"
 	"io"
+	"log"
 	"math/big"
 	"net"
 	"net/http"
@@ -79,7 +80,8 @@ func serveCost(kind string) int {
 		go s.Serve(l)
 		defer s.Stop()
 	default: // tcp and tls probes only connect (and handshake); http and https get "ok"
-		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") })}
+		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }),
+			ErrorLog: log.New(io.Discard, "", 0)} // a tls probe resets the connection after its handshake
 		go srv.Serve(l)
 		defer srv.Close()
 	}
