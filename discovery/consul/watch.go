@@ -93,7 +93,10 @@ func (w *watcher) run(ctx context.Context, events chan<- event) {
 			WaitTime:          w.cfg.WaitTime,
 			AllowStale:        w.cfg.AllowStale && !consistent,
 			RequireConsistent: consistent,
-			UseCache:          w.cfg.UseCache && !consistent, // Consul refuses ?cached with ?consistent
+			// The agent's cache (or view) answers the blocking queries; the first read goes to the
+			// servers, so that a watch starts from their state, not from an entry just being filled.
+			// Consul refuses ?cached with ?consistent.
+			UseCache: w.cfg.UseCache && !consistent && index > 0,
 		}
 		qctx, qcancel := context.WithTimeout(ctx, queryTimeout(w.cfg.WaitTime))
 		entries, meta, err := w.client.Health().Service(w.service, w.tag, false, q.WithContext(qctx))
