@@ -14,7 +14,7 @@ K8S_SCHEMAS_STAMP   := $(TOOLS)/k8s-schemas/.$(subst /,_,$(K8S_OPENAPI_MODULE))
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: build run test bench bench-failover bench-forward bench-footprint chaos soak lint fuzz deps tools clean
+.PHONY: build run test bench bench-failover bench-forward bench-footprint bench-consul-fleet chaos soak lint fuzz deps tools clean
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/vigil ./cmd/vigil
 
@@ -63,6 +63,11 @@ soak: deps tools
 	mkdir -p $(BIN)
 	VIGIL_SOAK_DURATION=$(DURATION) VIGIL_CHAOS_REPORT=$(CURDIR)/bin/soak-report.md \
 	  $(GO) test -run '^TestSoak$$' -count 1 -timeout 0 -v ./internal/chaos/
+
+# Consul load of 100 vigils × 50 upstreams (3 servers, one client agent) with blocking queries, the
+# agent cache and streaming, interleaved, 2 rounds, ~4 minutes; QUICK=1: one short round, ~1.5 minutes.
+bench-consul-fleet: tools
+	$(if $(QUICK),VIGIL_CONSULFLEET_QUICK=1) $(GO) test -run '^$$' -bench BenchmarkConsulFleet -benchtime 1x -count 1 -timeout 15m -v ./internal/bench/consulfleet/
 
 lint:
 	@test -z "$$(gofmt -l .)" || { echo "gofmt needed:"; gofmt -l .; exit 1; }

@@ -62,6 +62,10 @@ type Config struct {
 	// MaxStale is how far behind the leader a stale answer may be before the query is repeated
 	// against the leader (default 10s; 0: any).
 	MaxStale time.Duration `yaml:"max_stale" json:"max_stale"`
+	// UseCache asks the agent to answer the watches from its cache (`?cached`): the agent then keeps
+	// one blocking query (or, with its streaming backend, one subscription) per service towards the
+	// servers, however many sidecars on it watch that service; consistent reads bypass it (default true).
+	UseCache bool `yaml:"use_cache" json:"use_cache"`
 	// MinInterval is the least time between two queries of one watch, so that a flapping
 	// service cannot cause a query storm (default 1s).
 	MinInterval time.Duration `yaml:"min_interval" json:"min_interval"`
@@ -84,6 +88,7 @@ func DefaultConfig() Config {
 		WaitTime:         time.Minute,
 		AllowStale:       true,
 		MaxStale:         10 * time.Second,
+		UseCache:         true,
 		MinInterval:      time.Second,
 		BackoffBase:      500 * time.Millisecond,
 		BackoffMax:       30 * time.Second,

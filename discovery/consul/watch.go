@@ -93,6 +93,10 @@ func (w *watcher) run(ctx context.Context, events chan<- event) {
 			WaitTime:          w.cfg.WaitTime,
 			AllowStale:        w.cfg.AllowStale && !consistent,
 			RequireConsistent: consistent,
+			// The agent's cache (or view) answers the blocking queries; the first read goes to the
+			// servers, so that a watch starts from their state, not from an entry just being filled.
+			// Consul refuses ?cached with ?consistent.
+			UseCache: w.cfg.UseCache && !consistent && index > 0,
 		}
 		qctx, qcancel := context.WithTimeout(ctx, queryTimeout(w.cfg.WaitTime))
 		entries, meta, err := w.client.Health().Service(w.service, w.tag, false, q.WithContext(qctx))
@@ -132,8 +136,11 @@ func (w *watcher) run(ctx context.Context, events chan<- event) {
 			}
 			continue
 		}
+		// An answer from the agent's streaming backend (its materialized view, fed by a server's event
+		// stream) carries no leader contact: KnownLeader is false and LastContact 0 by construction.
+		streamed := meta.QueryBackend == "streaming"
 		if !consistent && w.cfg.AllowStale && (w.cfg.MaxStale > 0 && meta.LastContact > w.cfg.MaxStale ||
-			!meta.KnownLeader || meta.LastIndex < highest) {
+			!meta.KnownLeader && !streamed || meta.LastIndex < highest) {
 			// Too old, from a server that knows no leader, or behind what was already seen (a
 			// restarted server catching up): the leader answers instead.
 			w.log.Debug("consul: stale answer not trusted, asking the leader", "upstream", w.upstream,

@@ -99,6 +99,11 @@ func (p *prober) run(ctx context.Context, deadline time.Time, conn net.Conn, gc 
 	case KindTLS:
 		closeConn(conn)
 		conn, err := p.dial(ctx, deadline, true)
+		if tc, ok := conn.(*tls.Conn); ok {
+			// Only the socket is kept until the next probe (to notice a crash): the TLS state, its
+			// buffers and the peer's parsed certificates (~10 KB an instance), is never used again.
+			conn = tc.NetConn()
+		}
 		return conn, gc, err
 	default: // tcp: a fresh connect each time; the connection is kept to notice a crash before the next one
 		closeConn(conn)
